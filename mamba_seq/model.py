@@ -1,0 +1,117 @@
+"""The residual Mamba backbone and its language-model head.
+
+    embedding -> n_layer x [RMSNorm -> MambaMixer, residual added in fp32] -> RMSNorm -> tied LM head
+
+Pre-norm blocks carry the residual stream separately (as mamba_ssm does), so the sum of
+residuals is kept in fp32 even when the blocks run in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import MambaConfig
+from .mixer import MambaMixer
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (..., dim) -> (..., dim) in x's dtype; statistics in fp32
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: (hidden, residual) -> (mixer(norm(hidden + residual)), hidden + residual)."""
+
+    def __init__(self, config: MambaConfig, layer_idx: int):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = MambaMixer(config, layer_idx=layer_idx)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        # hidden, residual: (batch, L, d_model)
+        residual = hidden if residual is None else residual + hidden
+        if self.residual_in_fp32:
+            residual = residual.float()
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return hidden, residual
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (batch, L) int64 -> hidden states (batch, L, d_model)
+        hidden, residual = self.embedding(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        residual = hidden if residual is None else residual + hidden
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+
+class MambaLMHeadModel(nn.Module):
+    """Backbone plus a linear head over the (padded) vocabulary, tied to the embedding by default."""
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = MambaBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module):
+        """mamba_ssm's `_init_weights`: zero linear biases (except dt_proj's), N(0, 0.02) embeddings,
+        and out_proj scaled by 1/sqrt(n_layer) so the residual stream's variance does not grow with depth."""
+        c = self.config
+        if isinstance(module, nn.Linear):
+            if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=c.initializer_range)
+        if c.rescale_prenorm_residual and isinstance(module, MambaMixer):
+            w = module.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            with torch.no_grad():
+                w /= math.sqrt(c.n_layer)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (batch, L) -> logits (batch, L, padded_vocab_size)
+        return self.lm_head(self.backbone(input_ids))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def no_weight_decay_param_names(model: nn.Module) -> set[str]:
+    """Parameters that AdamW must not decay: biases, norm weights, embeddings, A_log and D."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if (
+                getattr(p, "_no_weight_decay", False)
+                or name == "bias"
+                or isinstance(module, (RMSNorm, nn.Embedding))
+                or p.ndim < 2
+            ):
+                names.add(full)
+    return names
+

@@ -1,0 +1,5 @@
+"""LightningModules: the glue between a backbone and a data module, one per training objective."""
+
+from .causal_lm import CausalLMTask
+
+__all__ = ["CausalLMTask"]

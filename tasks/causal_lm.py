@@ -1,0 +1,125 @@
+"""Causal (next-token) language-model pretraining: the glue between a Mamba LM and a data module
+whose batches carry `input_ids` and `labels` of shape (batch, L).
+
+Reports loss in nats and bits per token (for DNA: bits per base), averaged over every token of
+the split, never per batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from mamba_seq import MambaConfig, MambaLMHeadModel, no_weight_decay_param_names
+
+LN2 = math.log(2.0)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up from 0 to 1 over warmup_steps, then cosine to min_lr_ratio."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed matrices, and everything marked or shaped as no-decay."""
+    no_decay = no_weight_decay_param_names(model)
+    decay, keep = [], []
+    seen = set()
+    for name, p in model.named_parameters():  # tied weights appear once
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (keep if name in no_decay else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
+
+
+class CausalLMTask(pl.LightningModule):
+    def __init__(
+        self,
+        model: MambaConfig | dict,
+        lr: float = 2e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+    ):
+        super().__init__()
+        config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
+        # hyper-parameters are stored as plain data so checkpoints load without unpickling classes
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = config.to_dict()
+        self.hparams["betas"] = [float(b) for b in betas]
+        self.model = MambaLMHeadModel(config)
+        self.val_nll = MeanMetric()
+        self.test_nll = MeanMetric()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (batch, L) -> logits (batch, L, padded_vocab)
+        return self.model(input_ids)
+
+    def _token_nll(self, batch: dict) -> torch.Tensor:
+        # -> per-token negative log-likelihood in nats, (batch, L) fp32
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none")
+        return nll.view_as(labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._token_nll(batch).mean()
+        self.log("train/loss", loss, prog_bar=False)
+        self.log("train/bpb", loss / LN2, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        nll = self._token_nll(batch)
+        self.val_nll.update(nll.mean(), weight=nll.numel())  # token-weighted: exact split mean
+
+    def test_step(self, batch: dict, batch_idx: int):
+        nll = self._token_nll(batch)
+        self.test_nll.update(nll.mean(), weight=nll.numel())
+
+    def _log_split(self, metric: MeanMetric, prefix: str):
+        nll = metric.compute()  # synchronised across ranks
+        self.log(f"{prefix}/loss", nll, sync_dist=False)
+        self.log(f"{prefix}/bpb", nll / LN2, prog_bar=True, sync_dist=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self):
+        self._log_split(self.val_nll, "val")
+
+    def on_test_epoch_end(self):
+        self._log_split(self.test_nll, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per-window scores: mean bits per base of the next-base predictions in each window."""
+        bits = self._token_nll(batch).mean(dim=1) / LN2
+        return {
+            "contig": list(batch["contig"]),
+            "start": batch["start"].tolist(),
+            "strand": batch["strand"].tolist(),
+            "length": [batch["labels"].shape[1]] * len(batch["contig"]),
+            "bits_per_base": bits.tolist(),
+        }
+
+    def configure_optimizers(self):
+        h = self.hparams
+        optimizer = torch.optim.AdamW(
+            adamw_param_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas), eps=h.eps
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(h.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
