@@ -1,0 +1,3 @@
+from .dna import DNATokenizer
+
+__all__ = ["DNATokenizer"]
