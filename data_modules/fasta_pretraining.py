@@ -49,13 +49,17 @@ class _Windows(Dataset):
             "input_ids": ids[:-1],
             "labels": ids[1:],
             "contig": contig,
-            "start": start,
-            "strand": -1 if reverse else 1,
+            "start": torch.tensor(start, dtype=torch.int64),  # forward-strand start, also when reversed
+            "strand": torch.tensor(-1 if reverse else 1, dtype=torch.int8),
         }
 
 
 class RandomWindows(_Windows):
-    """`per_epoch` windows drawn uniformly over all valid starts; index = epoch * per_epoch + k."""
+    """`per_epoch` random windows an epoch; dataset index = epoch * per_epoch + k.
+
+    Window k of epoch e uses np.random.default_rng([seed, e, k]): one uniform draw over the valid
+    starts of all intervals (the same as picking an interval in proportion to its number of valid
+    starts, then a uniform start in it), then, with rc_augment, a coin for the reverse strand."""
 
     def __init__(self, fasta, tokenizer, window, intervals: list[Interval], per_epoch: int, seed: int, rc_augment: bool):
         super().__init__(fasta, tokenizer, window)
@@ -111,6 +115,12 @@ class TiledWindows(_Windows):
 
 
 class FastaDataModule(pl.LightningDataModule):
+    """Windows of seq_len + 1 bases from one FASTA: input_ids = window[:-1], labels = window[1:].
+
+    Batches: {"input_ids": (B, seq_len) int64, "labels": (B, seq_len) int64, "contig": list[str],
+    "start": (B,) int64 0-based forward-strand start, "strand": (B,) int8 +1 / -1 (reverse complement)}.
+    """
+
     def __init__(
         self,
         fasta: str,
@@ -135,6 +145,8 @@ class FastaDataModule(pl.LightningDataModule):
             raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len}, {batch_size}")
         if split == "region" and not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
             raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+        if train_windows_per_epoch is not None and train_windows_per_epoch < 1:
+            raise ValueError(f"data.train_windows_per_epoch must be >= 1 or null, got {train_windows_per_epoch}")
         self.fasta_path, self.seq_len, self.batch_size = fasta, seq_len, batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
         self.split, self.val_fraction, self.test_fraction = split, val_fraction, test_fraction
@@ -150,54 +162,98 @@ class FastaDataModule(pl.LightningDataModule):
         return self.tokenizer.vocab_size
 
     def split_intervals(self, lengths: dict[str, int]) -> dict[str, list[Interval]]:
+        """{"train"|"val"|"test": [Interval]}: disjoint, each inside one contig; empty ones dropped."""
         out = {"train": [], "val": [], "test": []}
         if self.split == "contig":
-            unknown = sorted(set(self.val_contigs + self.test_contigs) - set(lengths))
+            unknown = [c for c in self.val_contigs + self.test_contigs if c not in lengths]
             if unknown:
-                raise ValueError(f"{self.fasta_path}: no contig named {unknown}; the file has {sorted(lengths)}")
+                raise ValueError(f"{self.fasta_path}: no contig named {unknown}; the file has {list(lengths)}")
             both = set(self.val_contigs) & set(self.test_contigs)
             if both:
                 raise ValueError(f"contigs {sorted(both)} are in both val_contigs and test_contigs")
             for name, n in lengths.items():
                 part = "val" if name in self.val_contigs else "test" if name in self.test_contigs else "train"
                 out[part].append(Interval(name, 0, n))
-            return out
-        for name, n in lengths.items():
-            n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
-            cut1, cut2 = n - n_val - n_test, n - n_test
-            out["train"].append(Interval(name, 0, cut1))
-            out["val"].append(Interval(name, cut1, cut2))
-            out["test"].append(Interval(name, cut2, n))
+        else:  # region: train | val | test along every contig, the held-out parts at its end
+            for name, n in lengths.items():
+                n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
+                cut1, cut2 = n - n_val - n_test, n - n_test
+                out["train"].append(Interval(name, 0, cut1))
+                out["val"].append(Interval(name, cut1, cut2))
+                out["test"].append(Interval(name, cut2, n))
         return {k: [iv for iv in v if len(iv) > 0] for k, v in out.items()}
+
+    def _requested(self, part: str) -> bool:
+        if self.split == "contig":
+            return part == "train" or bool(self.val_contigs if part == "val" else self.test_contigs)
+        return part == "train" or (self.val_fraction if part == "val" else self.test_fraction) > 0
+
+    def prepare_data(self):
+        # once per node, before setup on every rank: scan, convert and index into the cache
+        FastaFile(self.fasta_path, self.cache_dir).close()
+
+    def _split_stats(self) -> dict[str, dict[str, int]]:
+        """Per split: bases, N, IUPAC codes read as N, soft-masked bases."""
+        keys = ("bases", "n_count", "iupac_to_n", "soft_masked")
+        totals = {p: dict.fromkeys(keys, 0) for p in self.intervals}
+        recs = self.fasta.records
+        held_out = [(p, iv) for p in ("val", "test") for iv in self.intervals[p]]
+        if self.split == "region":  # count the held-out ends from the file; train = record - those
+            counted = self.fasta.region_stats([(iv.contig, iv.start, iv.end) for _, iv in held_out])
+        else:  # whole contigs: the scan's per-record counts
+            counted = [{"bases": recs[iv.contig].length, **{k: getattr(recs[iv.contig], k) for k in keys[1:]}}
+                       for _, iv in held_out]
+        per_contig_train = {iv.contig: {"bases": recs[iv.contig].length, **{k: getattr(recs[iv.contig], k)
+                            for k in keys[1:]}} for iv in self.intervals["train"]}
+        for (part, iv), c in zip(held_out, counted):
+            for k in keys:
+                totals[part][k] += c[k]
+                if iv.contig in per_contig_train:
+                    per_contig_train[iv.contig][k] -= c[k]
+        for c in per_contig_train.values():
+            for k in keys:
+                totals["train"][k] += c[k]
+        return totals
 
     def setup(self, stage: str | None = None):
         if self.fasta is not None:
             return
         self.fasta = FastaFile(self.fasta_path, self.cache_dir)
-        recs = self.fasta.records.values()
+        src, recs = self.fasta.source, list(self.fasta.records.values())
         log.info(
             "%s: %d records, %d bases (%d N, %d IUPAC codes read as N, %d soft-masked lowercase)",
-            self.fasta.source, len(recs), sum(r.length for r in recs), sum(r.n_count for r in recs),
+            src, len(recs), sum(r.length for r in recs), sum(r.n_count for r in recs),
             sum(r.iupac_to_n for r in recs), sum(r.soft_masked for r in recs),
         )
-        self.intervals = self.split_intervals({r.name: r.length for r in recs})
+        self.intervals = self.split_intervals(self.fasta.lengths)
+        stats = self._split_stats()
         for part, ivs in self.intervals.items():
             usable = [iv for iv in ivs if len(iv) >= self.window]
-            log.info("%s split: %d bases in %d intervals (%d too short for one window of %d, left out)",
-                     part, sum(len(iv) for iv in ivs), len(ivs), len(ivs) - len(usable), self.window)
-            if not usable:
-                longest = max((len(iv) for iv in ivs), default=0)
-                raise ValueError(
-                    f"{self.fasta.source}: the {part} split has no interval of seq_len+1 = {self.window} bases "
-                    f"(longest: {longest}); lower data.seq_len"
-                    + (" or change the held-out fractions" if self.split == "region" else " or choose other contigs")
-                )
+            st = stats[part]
+            log.info(
+                "%s split: %d bases in %d intervals (%d N, %d IUPAC codes read as N, %d soft-masked); "
+                "%d intervals shorter than one window of %d bases left out (%d bases)",
+                part, st["bases"], len(ivs), st["n_count"], st["iupac_to_n"], st["soft_masked"],
+                len(ivs) - len(usable), self.window, sum(len(iv) for iv in ivs) - sum(len(iv) for iv in usable),
+            )
+            if usable or not self._requested(part):
+                continue
+            longest = max(r.length for r in recs)
+            hint = ("lower data.seq_len or data.val_fraction/test_fraction" if self.split == "region"
+                    else "lower data.seq_len or choose other val_contigs/test_contigs")
+            raise ValueError(
+                f"{src}: the {part} split has no interval of seq_len+1 = {self.window} bases "
+                f"(data.seq_len={self.seq_len}; longest {part} interval: {max((len(iv) for iv in ivs), default=0)}, "
+                f"longest contig: {longest}); {hint}"
+            )
         train_bases = sum(len(iv) for iv in self.intervals["train"])
         per_epoch = self.train_windows_per_epoch or max(1, train_bases // self.seq_len)
         self.train_set = RandomWindows(self.fasta, self.tokenizer, self.window, self.intervals["train"], per_epoch,
                                        self.seed, self.rc_augment)
         self.val_set = TiledWindows(self.fasta, self.tokenizer, self.window, self.intervals["val"])
         self.test_set = TiledWindows(self.fasta, self.tokenizer, self.window, self.intervals["test"])
+        log.info("train: %d random windows of %d bases per epoch (reverse-complement augmentation %s)",
+                 per_epoch, self.window, "on" if self.rc_augment else "off")
         for part, ds in (("val", self.val_set), ("test", self.test_set)):
             log.info("%s: %d windows; %d bases at interval ends not covered", part, len(ds), ds.uncovered)
 
