@@ -108,6 +108,8 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
         cfg.model.vocab_size = vocab
     elif cfg.model.vocab_size != vocab:
         raise SystemExit(f"mamba-seq: model.vocab_size={cfg.model.vocab_size} but the data's tokenizer has {vocab} tokens")
+    if "num_classes" in cfg.task and cfg.task.num_classes is None:
+        cfg.task.num_classes = datamodule.num_classes
 
     OmegaConf.resolve(cfg)
     out = Path(cfg.paths.output_dir)

@@ -1,5 +1,6 @@
 """LightningModules: the glue between a backbone and a data module, one per training objective."""
 
 from .causal_lm import CausalLMTask
+from .sequence_classification import SequenceClassificationTask
 
-__all__ = ["CausalLMTask"]
+__all__ = ["CausalLMTask", "SequenceClassificationTask"]

@@ -105,3 +105,22 @@ def test_ecoli_200_steps_learns_below_two_bits_per_base(tmp_path, shared_data):
     rows = metrics_rows(run_dir)
     val_bpb = last_value(rows, "val/bpb")
     assert val_bpb < 1.97, val_bpb
+
+
+def test_promoter_classification_experiment_runs_and_predicts(tmp_path):
+    run_dir = tmp_path / "prom"
+    assert run_cli(
+        "fit", "experiment=promoter_classification", *TINY[:3], f"paths.output_dir={run_dir}",
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=64",
+    ) == 0
+    rows = metrics_rows(run_dir)
+    for key in ("val/acc", "val/mcc", "val/f1", "val/auroc"):
+        assert 0.0 <= abs(last_value(rows, key)) <= 1.0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    pred_dir = tmp_path / "pred"
+    assert run_cli("predict", "experiment=promoter_classification", *TINY[:3], f"paths.output_dir={pred_dir}",
+                   f"ckpt_path={last}") == 0
+    with open(pred_dir / "predictions.tsv") as f:
+        preds = list(csv.DictReader(f, delimiter="\t"))
+    assert len(preds) > 300 and set(preds[0]) == {"id", "label", "predicted", "p_0", "p_1"}
+    assert all(abs(float(p["p_0"]) + float(p["p_1"]) - 1) < 1e-4 for p in preds)
