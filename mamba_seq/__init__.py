@@ -1,10 +1,11 @@
 """mamba-seq: Mamba models for very long DNA and audio sequences (the model layer)."""
 
+from .bidirectional import BiMambaMixer
 from .config import MambaConfig
 from .mixer import MambaMixer
 from .model import MambaBackbone, MambaBlock, MambaLMHeadModel, RMSNorm, no_weight_decay_param_names
 
 __all__ = [
-    "MambaConfig", "MambaMixer", "MambaBackbone", "MambaBlock", "MambaLMHeadModel", "RMSNorm",
+    "BiMambaMixer", "MambaConfig", "MambaMixer", "MambaBackbone", "MambaBlock", "MambaLMHeadModel", "RMSNorm",
     "no_weight_decay_param_names",
 ]

@@ -27,6 +27,7 @@ class MambaConfig:
     pad_vocab_size_multiple: int = 8
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
+    bidirectional: bool = False  # BiMamba mixers (forward + reverse scan, tied in/out projections)
 
     def __post_init__(self):
         if self.dt_rank == "auto":

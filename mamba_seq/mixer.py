@@ -29,6 +29,19 @@ def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
     return param
 
 
+@torch.no_grad()
+def init_dt_projection(dt_proj: nn.Linear, c: MambaConfig):
+    """dt_proj as in the reference: weight ~ U(+-dt_rank^-0.5 * dt_scale); bias = softplus^-1(dt)
+    with dt log-uniform in [dt_min, dt_max], so the initial step sizes span that range."""
+    std = dt_proj.in_features**-0.5 * c.dt_scale
+    nn.init.uniform_(dt_proj.weight, -std, std)
+    dt = torch.exp(
+        torch.rand(dt_proj.out_features) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
+    ).clamp(min=c.dt_init_floor)
+    dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    dt_proj.bias._no_reinit = True  # the backbone's init must not zero it
+
+
 class MambaMixer(nn.Module):
     def __init__(self, config: MambaConfig, layer_idx: int | None = None):
         super().__init__()
@@ -50,21 +63,7 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, n + 1, dtype=torch.float32).repeat(d_inner, 1)  # (d_inner, N)
         self.A_log = mark_no_weight_decay(nn.Parameter(torch.log(A)))
         self.D = mark_no_weight_decay(nn.Parameter(torch.ones(d_inner)))
-        self.reset_dt_parameters()
-
-    @torch.no_grad()
-    def reset_dt_parameters(self):
-        """dt_proj as in the reference: weight ~ U(+-dt_rank^-0.5 * dt_scale); bias = softplus^-1(dt)
-        with dt log-uniform in [dt_min, dt_max], so the initial step sizes span that range."""
-        c = self.config
-        std = self.dt_rank**-0.5 * c.dt_scale
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(
-            torch.rand(self.d_inner) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
-        ).clamp(min=c.dt_init_floor)
-        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
-        self.dt_proj.bias.copy_(inv_softplus_dt)
-        self.dt_proj.bias._no_reinit = True  # the backbone's init must not zero it
+        init_dt_projection(self.dt_proj, config)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: (batch, L, d_model) -> (batch, L, d_model)

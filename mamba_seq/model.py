@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .config import MambaConfig
+from .bidirectional import BiMambaMixer
 from .mixer import MambaMixer
 
 
@@ -37,14 +38,16 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mixer = MambaMixer(config, layer_idx=layer_idx)
+        self.bidirectional = config.bidirectional
+        self.mixer = (BiMambaMixer if config.bidirectional else MambaMixer)(config, layer_idx=layer_idx)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
-        # hidden, residual: (batch, L, d_model)
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, mask: torch.Tensor | None = None):
+        # hidden, residual: (batch, L, d_model); mask: (batch, L) bool, used by bidirectional mixers
         residual = hidden if residual is None else residual + hidden
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        hidden = self.mixer(normed, mask) if self.bidirectional else self.mixer(normed)
         return hidden, residual
 
 
@@ -56,11 +59,13 @@ class MambaBackbone(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids: (batch, L) int64 -> hidden states (batch, L, d_model)
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # input_ids: (batch, L) int64; mask: (batch, L) bool, True at real tokens (only a
+        # bidirectional backbone needs it: a causal one never looks right of a position)
+        # -> hidden states (batch, L, d_model)
         hidden, residual = self.embedding(input_ids), None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
+            hidden, residual = layer(hidden, residual, mask)
         residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -86,7 +91,7 @@ class MambaLMHeadModel(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=c.initializer_range)
-        if c.rescale_prenorm_residual and isinstance(module, MambaMixer):
+        if c.rescale_prenorm_residual and isinstance(module, MambaMixer):  # BiMambaMixer included
             w = module.out_proj.weight
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             with torch.no_grad():

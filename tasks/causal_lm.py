@@ -56,6 +56,9 @@ class CausalLMTask(pl.LightningModule):
     ):
         super().__init__()
         config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
+        if config.bidirectional:
+            raise ValueError("a bidirectional backbone sees the next base: causal-LM pretraining needs "
+                             "model.bidirectional=false")
         # hyper-parameters are stored as plain data so checkpoints load without unpickling classes
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()

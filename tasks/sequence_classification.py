@@ -102,7 +102,7 @@ class SequenceClassificationTask(pl.LightningModule):
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # input_ids, mask: (batch, L) -> logits (batch, num_classes)
-        return self.head(masked_pool(self.backbone(input_ids), mask, self.hparams.pooling))
+        return self.head(masked_pool(self.backbone(input_ids, mask), mask, self.hparams.pooling))
 
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(-1)

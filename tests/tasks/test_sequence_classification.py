@@ -75,3 +75,21 @@ def test_frozen_backbone_gets_no_gradient():
     loss.backward()
     assert all(p.grad is None for p in task.backbone.parameters())
     assert task.head[1].weight.grad is not None
+
+
+def test_bidirectional_classifier_ignores_padding():
+    torch.manual_seed(3)
+    task = SequenceClassificationTask({**CFG, "bidirectional": True}, num_classes=2, dropout=0.0).eval()
+    seqs = [torch.randint(5, 10, (n,)) for n in (9, 4)]
+    ids = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = s, True
+    batched = task(ids, mask)
+    for i, s in enumerate(seqs):
+        assert torch.allclose(batched[i], task(s[None], torch.ones(1, len(s), dtype=torch.bool))[0], atol=1e-5)
+
+
+def test_causal_lm_refuses_a_bidirectional_backbone():
+    with pytest.raises(ValueError, match="bidirectional"):
+        CausalLMTask({**CFG, "bidirectional": True})
