@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .arguments import check_scan_args
+
 __all__ = ["selective_scan_reference"]
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -268,7 +270,9 @@ def selective_scan_reference(
     O(batch*dim*N*min(chunk_size, block)) working buffers plus O(batch*dim*N*L/chunk_size) saved
     chunk-boundary states; chunk_size does not change the result beyond rounding.
     """
-    _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, chunk_size)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     batch, dim, L = u.shape
     N = A.shape[1]
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32  # accumulate in fp32 at least
@@ -305,44 +309,3 @@ def selective_scan_reference(
     if not return_final_state:
         return out
     return out, h_last.transpose(2, 3).reshape(batch, dim, N)
-
-
-def _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, chunk_size):
-    tensors = (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-               ("delta_bias", delta_bias), ("initial_state", initial_state))
-    for name, t in tensors:
-        if t is not None and not (isinstance(t, torch.Tensor) and t.is_floating_point()):
-            raise ValueError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    if u.dim() != 3:
-        raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
-    batch, dim, L = u.shape
-    if delta.shape != u.shape:
-        raise ValueError(f"delta shape {tuple(delta.shape)} must equal u's {tuple(u.shape)}")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be (dim={dim}, N), got {tuple(A.shape)}")
-    N = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() not in (3, 4) or t.shape[0] != batch or t.shape[-2] != N or t.shape[-1] != L:
-            raise ValueError(f"{name} must be (batch={batch}, N={N}, L={L}) or (batch, groups, N, L), got {tuple(t.shape)}")
-        groups = 1 if t.dim() == 3 else t.shape[1]
-        if groups < 1 or dim % groups:
-            raise ValueError(f"dim={dim} is not a multiple of {name}'s {groups} groups")
-    if B.shape != C.shape:
-        raise ValueError(f"B {tuple(B.shape)} and C {tuple(C.shape)} must have the same shape")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f"{name} must be (dim={dim},), got {tuple(t.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z shape {tuple(z.shape)} must equal u's {tuple(u.shape)}")
-    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, N):
-        raise ValueError(f"initial_state must be (batch, dim, N) = {(batch, dim, N)}, got {tuple(initial_state.shape)}")
-    if seq_idx is not None:
-        if not isinstance(seq_idx, torch.Tensor) or seq_idx.is_floating_point() or seq_idx.is_complex():
-            raise ValueError(f"seq_idx must be an integer tensor, got {getattr(seq_idx, 'dtype', type(seq_idx).__name__)}")
-        if tuple(seq_idx.shape) != (batch, L):
-            raise ValueError(f"seq_idx must be (batch, L) = {(batch, L)}, got {tuple(seq_idx.shape)}")
-    devices = {t.device for _, t in tensors + (("seq_idx", seq_idx),) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")

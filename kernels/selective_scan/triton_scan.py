@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .arguments import check_scan_args
 from .triton_kernels import _bwd_carry_kernel, _bwd_chunk_kernel, _fwd_kernel
 
 __all__ = ["selective_scan_triton", "scan_config"]
@@ -321,25 +322,11 @@ def selective_scan_triton(
     block_d: Optional[int] = None,
     num_warps: Optional[int] = None,
 ):  # -> out (batch, dim, L) in u's dtype [, final_state (batch, dim, N) fp32]
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (batch, dim, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     batch, dim, L = u.shape
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be (dim, N) = ({dim}, N); got {tuple(A.shape)}")
     N = A.shape[1]
-    squeeze_B, squeeze_C = B.dim() == 3, C.dim() == 3
-    B4 = B.unsqueeze(1) if squeeze_B else B
-    C4 = C.unsqueeze(1) if squeeze_C else C
-    if B4.shape[0] != batch or B4.shape[2:] != (N, L) or C4.shape != B4.shape:
-        raise ValueError(f"B and C must be (batch, [groups,] N, L); got {tuple(B.shape)}, {tuple(C.shape)}")
-    if dim % B4.shape[1] != 0:
-        raise ValueError(f"dim {dim} is not a multiple of the number of B/C groups {B4.shape[1]}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must be (batch, dim, L); got {tuple(z.shape)}")
-    if seq_idx is not None and tuple(seq_idx.shape) != (batch, L):
-        raise ValueError(f"seq_idx must be (batch, L); got {tuple(seq_idx.shape)}")
-    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, N):
-        raise ValueError(f"initial_state must be (batch, dim, N); got {tuple(initial_state.shape)}")
+    B4 = B.unsqueeze(1) if B.dim() == 3 else B  # (batch, groups, N, L)
+    C4 = C.unsqueeze(1) if C.dim() == 3 else C
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     T0, bd0, w0 = scan_config(dim, N, u.dtype, needs_grad)
