@@ -24,18 +24,22 @@ def test_pooling_never_sees_padding(mode):
         assert torch.allclose(pooled[i], ref, atol=1e-6)
 
 
-def test_padded_batch_gives_the_same_logits_as_each_sequence_alone():
-    torch.manual_seed(1)
-    task = SequenceClassificationTask(CFG, num_classes=3, dropout=0.0).eval()
-    seqs = [torch.randint(5, 10, (n,)) for n in (7, 12, 3)]
-    ids = torch.zeros(3, 12, dtype=torch.long)
-    mask = torch.zeros(3, 12, dtype=torch.bool)
+def assert_padding_ignored(task, lengths):
+    """Logits of a right-padded batch equal each sequence scored alone, without padding."""
+    seqs = [torch.randint(5, 10, (n,)) for n in lengths]
+    ids = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+    mask = torch.zeros(len(seqs), max(lengths), dtype=torch.bool)
     for i, s in enumerate(seqs):
         ids[i, : len(s)], mask[i, : len(s)] = s, True
     batched = task(ids, mask)
     for i, s in enumerate(seqs):
         alone = task(s[None], torch.ones(1, len(s), dtype=torch.bool))
         assert torch.allclose(batched[i], alone[0], atol=1e-5)
+
+
+def test_padded_batch_gives_the_same_logits_as_each_sequence_alone():
+    torch.manual_seed(1)
+    assert_padding_ignored(SequenceClassificationTask(CFG, num_classes=3, dropout=0.0).eval(), (7, 12, 3))
 
 
 def test_pretrained_backbone_is_loaded_and_mismatch_names_both(tmp_path):
@@ -80,14 +84,7 @@ def test_frozen_backbone_gets_no_gradient():
 def test_bidirectional_classifier_ignores_padding():
     torch.manual_seed(3)
     task = SequenceClassificationTask({**CFG, "bidirectional": True}, num_classes=2, dropout=0.0).eval()
-    seqs = [torch.randint(5, 10, (n,)) for n in (9, 4)]
-    ids = torch.zeros(2, 9, dtype=torch.long)
-    mask = torch.zeros(2, 9, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = s, True
-    batched = task(ids, mask)
-    for i, s in enumerate(seqs):
-        assert torch.allclose(batched[i], task(s[None], torch.ones(1, len(s), dtype=torch.bool))[0], atol=1e-5)
+    assert_padding_ignored(task, (9, 4))
 
 
 def test_causal_lm_refuses_a_bidirectional_backbone():
