@@ -43,6 +43,18 @@ def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
     ]
 
 
+def adamw_warmup_cosine(param_groups: list[dict], h, total_steps: int) -> dict:
+    """AdamW over `param_groups` with the linear warm-up + cosine schedule stepped every batch;
+    `h` holds lr, betas, warmup_steps, min_lr_ratio (and optionally eps). -> Lightning's dict."""
+    optimizer = torch.optim.AdamW(param_groups, lr=h["lr"], betas=tuple(h["betas"]), eps=h.get("eps", 1e-8))
+    total = max(1, int(total_steps))
+    warmup = min(h["warmup_steps"], total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total, h["min_lr_ratio"])
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class CausalLMTask(pl.LightningModule):
     def __init__(
         self,
@@ -116,13 +128,5 @@ class CausalLMTask(pl.LightningModule):
         }
 
     def configure_optimizers(self):
-        h = self.hparams
-        optimizer = torch.optim.AdamW(
-            adamw_param_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas), eps=h.eps
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(h.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = adamw_param_groups(self.model, self.hparams.weight_decay)
+        return adamw_warmup_cosine(groups, self.hparams, self.trainer.estimated_stepping_batches)

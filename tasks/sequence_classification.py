@@ -15,7 +15,7 @@ from torchmetrics.classification import AUROC, Accuracy, F1Score, MatthewsCorrCo
 
 from mamba_seq import MambaBackbone, MambaConfig
 
-from .causal_lm import adamw_param_groups, warmup_cosine
+from .causal_lm import adamw_param_groups, adamw_warmup_cosine
 
 POOLINGS = ("mean", "max", "last")
 
@@ -142,13 +142,6 @@ class SequenceClassificationTask(pl.LightningModule):
         return out
 
     def configure_optimizers(self):
-        h = self.hparams
-        params = [m for m in (self.backbone, self.head) if any(p.requires_grad for p in m.parameters())]
-        groups = [g for m in params for g in adamw_param_groups(m, h.weight_decay)]
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(h.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        modules = [m for m in (self.backbone, self.head) if any(p.requires_grad for p in m.parameters())]
+        groups = [g for m in modules for g in adamw_param_groups(m, self.hparams.weight_decay)]
+        return adamw_warmup_cosine(groups, self.hparams, self.trainer.estimated_stepping_batches)
