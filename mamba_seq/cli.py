@@ -98,6 +98,11 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
 
     from tasks.prediction_writer import TSVPredictionWriter
 
+    if subcommand != "fit":  # fail before anything is written
+        if not cfg.ckpt_path:
+            raise SystemExit(f"mamba-seq {subcommand}: give the checkpoint to load: ckpt_path=PATH")
+        if not Path(cfg.ckpt_path).is_file():
+            raise SystemExit(f"mamba-seq {subcommand}: checkpoint not found: {cfg.ckpt_path}")
     pl.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -128,11 +133,7 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
         task = instantiate(cfg.task, _convert_="all")
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     else:
-        if not cfg.ckpt_path:
-            raise SystemExit(f"mamba-seq {subcommand}: give the checkpoint to load: ckpt_path=PATH")
         ckpt = Path(cfg.ckpt_path)
-        if not ckpt.is_file():
-            raise SystemExit(f"mamba-seq {subcommand}: checkpoint not found: {ckpt}")
         task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
         ckpt_vocab = task.hparams["model"]["vocab_size"]
         if ckpt_vocab != vocab:

@@ -79,8 +79,12 @@ def test_fit_then_validate_test_predict_on_bundled_genome(tmp_path, capsys):
 
 def test_validate_without_checkpoint_says_what_to_give(tmp_path):
     with pytest.raises(SystemExit) as err:
-        run_cli("validate", *TINY, f"paths.output_dir={tmp_path}")
+        run_cli("validate", *TINY, f"paths.output_dir={tmp_path / 'run'}")
     assert "ckpt_path" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        run_cli("test", *TINY, f"paths.output_dir={tmp_path / 'run'}", f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    assert "checkpoint not found" in str(err.value) and "nope.ckpt" in str(err.value)
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_console_script_runs_from_another_directory(tmp_path):
