@@ -3,22 +3,20 @@
 Public entry: `selective_scan_triton`, same signature as the oracle (see DESIGN.md, "The scan
 contract"), plus keyword-only launch settings for tests and benchmarks.
 
-Design (kernels in `triton_kernels.py`):
-- forward: one program per (batch, block of channels) walks the sequence chunk by chunk, the
-  state carried in registers; inside a chunk one associative scan per state n. One exp2 per
-  (channel, n, position). Stores the state entering each chunk, (batch, nchunks, dim, N) fp32: the
-  only saved activation.
-- backward: a carry pass (reverse walk over chunks, a reduction per chunk, one exp2 per element)
-  gives the gradient entering every chunk from the future; then every chunk is independent and a
-  parallel pass recomputes states and produces all gradients (two exp2 per element).
-- memory beyond inputs, outputs and gradients: the entering states and the backward carries, each
-  batch*dim*N*L/chunk fp32; dB/dC fp32 partials over a few channel blocks (one at long L); dA, dD,
-  d(delta_bias) in at most 64 fp32 slots filled by atomic adds (their last bits can differ run to
-  run; everything else is deterministic).
-- L is never a specialised argument (`do_not_specialize`); the channel strides (= L for contiguous
-  inputs) keep Triton's divisible-by-16 flag, so at most two compiles by L mod 16 serve every L.
-  Time is read with unit stride (other layouts are copied). Launch settings depend on
-  (dim, N, dtype, needs_grad) only.
+Design (kernels and the math in `triton_kernels.py`): the sequence is cut into segments that run
+in parallel; a pass computes each segment's end state from zero, a short sequential pass over
+segments gives every segment its entering state, and a second parallel pass produces the output.
+The backward does the same for the adjoint, per backward chunk (`chunk_size` positions), then one
+parallel pass per chunk and channel group recomputes the states and produces every gradient.
+- exp2 count: 2 per (channel, state, position) forward, 2 more backward (its state recompute
+  keeps the state entering each in-register tile in a small scratch instead of a third exp).
+- saved activation: the state entering every backward chunk, (batch, nchunks, dim, N) fp32.
+  Backward memory beyond inputs and gradients: per-chunk adjoint carries and dA partials of the
+  same size, the scratch (batch, nchunks, programs' channels, N per tile) and fp32 dB/dC (with a
+  few partial rows over channel super-blocks when the batch is too small to fill the GPU).
+- deterministic: no atomics; dA, dD, d(delta_bias) are per-chunk partials summed here.
+- L is never a specialised argument (`do_not_specialize`); the segment split is a runtime
+  argument. Launch settings depend on (dim, N, dtype, needs_grad) only, never on L.
 """
 
 from __future__ import annotations
@@ -31,34 +29,50 @@ import torch
 from torch import Tensor
 
 from .arguments import check_scan_args
-from .triton_kernels import _bwd_carry_kernel, _bwd_chunk_kernel, _fwd_kernel
+from .triton_kernels import (
+    _bwd_main_kernel,
+    _bwd_state_kernel,
+    _carry_kernel,
+    _fwd_out_kernel,
+    _fwd_state_kernel,
+)
 
 __all__ = ["selective_scan_triton", "scan_config"]
 
-# Launch settings; each one is checked against the oracle on the GPU
-# (tests/kernels/test_selective_scan_triton.py::test_gpu_configs_vs_oracle). Measured on the H200
-# (benchmarks/NOTES_selective_scan.md): T=128 is fastest for forward+backward, T=256 for the
-# forward alone (half the sequential chunk steps per program), so calls that need no gradient use
-# it. The choice depends on (dim, N, dtype, needs_grad) only, never on L.
+# Launch settings (chunk = positions per backward chunk and per saved state, channels per
+# program, warps); each is checked against the oracle on the GPU
+# (tests/kernels/test_selective_scan_triton.py::test_gpu_configs_vs_oracle); measurements in
+# benchmarks/NOTES_selective_scan.md. The choice depends on (dim, N, dtype, needs_grad), never L.
 _CONFIGS = {
-    # name: (chunk T, channels per program BD, num_warps)
-    "train": (128, 1, 1),
-    "infer": (256, 1, 1),
+    "train": (256, 32, 1),
+    "infer": (256, 32, 1),
 }
 _CONFIG_CACHE: dict = {}
+# register cap of the backward main kernel: uncapped it takes 255 registers (8 warps per SM);
+# at 168 it does not spill (benchmarks/sass_counts.py)
+_MAIN_MAXNREG = 168
+# programs of one warp that keep an H200 busy (132 SMs x 48 resident warps); the backward main
+# kernel: two waves at 12 resident warps per SM (its register cap)
+_TARGET_WARPS = 132 * 48
+_MAIN_TARGET_WARPS = 132 * 24
 
 
 def scan_config(dim: int, N: int, dtype: torch.dtype, needs_grad: bool = True) -> tuple[int, int, int]:
     """(chunk, block_d, num_warps) for a problem; depends on (dim, N, dtype, needs_grad) only."""
     key = (dim, N, dtype, needs_grad)
     if key not in _CONFIG_CACHE:
-        env = os.environ.get("MAMBA_SEQ_SCAN_CONFIG")  # "T,BD,warps": for benchmarks
+        env = os.environ.get("MAMBA_SEQ_SCAN_CONFIG")  # "chunk,BD,warps": for benchmarks
         if env:
             T, bd, w = (int(v) for v in env.split(","))
         else:
             T, bd, w = _CONFIGS["train" if needs_grad else "infer"]
-        _CONFIG_CACHE[key] = (max(T, triton_next_pow2(N)), bd, w)  # the chunk holds the N states
+        _CONFIG_CACHE[key] = (T, bd, w)
     return _CONFIG_CACHE[key]
+
+
+def _tile(dtype: torch.dtype) -> int:
+    """Positions per in-thread tile: one 16-byte vector load of the input dtype."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
 
 
 def _block_d(dpg: int, want: int) -> int:
@@ -69,21 +83,38 @@ def _block_d(dpg: int, want: int) -> int:
     return bd
 
 
-def _nsub(batch: int, nchunks: int, dim: int, dpg: int, bd: int, target: int = 4096) -> int:
-    """Channel sub-blocks per backward chunk program: as many as keeps >= target programs, so the
-    dB/dC partials (one per channel block) stay few: at 2^20 tokens one block per group."""
-    m = dpg // bd
+def _forward_segments(batch: int, nblocks: int, warps: int, nchunks: int, KB: int) -> int:
+    """Chunks per forward segment: a multiple of the backward chunk KB, as long as the parallel
+    passes still fill the GPU (fewer segments: a shorter sequential carry pass)."""
+    nb = triton_cdiv(nchunks, KB)
+    m = 1
+    while m * 2 <= nb and batch * triton_cdiv(nb, m * 2) * nblocks * warps >= _TARGET_WARPS:
+        m *= 2
+    return KB * m
+
+
+def _super_blocks(batch: int, nseg_b: int, G: int, blocks_per_group: int, warps: int, bytes_per_super: int,
+                  budget: int) -> int:
+    """Channel super-blocks per group in the backward main pass (a divisor of the group's channel
+    blocks): the fewest that fill the GPU, without letting their scratch and dB/dC partial rows
+    (`bytes_per_super` each) outgrow `budget`, so a short sequence's peak memory stays low."""
     best = 1
-    for k in range(1, m + 1):
-        if m % k == 0 and batch * max(nchunks, 1) * (dim // (k * bd)) >= target:
-            best = k
+    for k in range(1, blocks_per_group + 1):
+        if blocks_per_group % k:
+            continue
+        if k > 1 and k * bytes_per_super > budget:
+            break
+        best = k
+        if batch * nseg_b * G * k * warps >= _MAIN_TARGET_WARPS:
+            break
     return best
 
 
-def _opts(num_warps: int) -> dict:
-    """Launch options; MAMBA_SEQ_SCAN_STAGES (benchmarks only) sets Triton's num_stages."""
-    stages = os.environ.get("MAMBA_SEQ_SCAN_STAGES")
-    return dict(num_warps=num_warps, **({"num_stages": int(stages)} if stages else {}))
+def _opts(num_warps: int, maxnreg: Optional[int] = None) -> dict:
+    """Launch options; MAMBA_SEQ_SCAN_MAXNREG (benchmarks only) overrides the register cap."""
+    if maxnreg:
+        maxnreg = int(os.environ.get("MAMBA_SEQ_SCAN_MAXNREG", 0)) or maxnreg
+    return dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
 
 
 def _strides3(x: Optional[Tensor]):
@@ -108,41 +139,72 @@ def _scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,  # B, C: (b, G, N, L)
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
     initial_state: Optional[Tensor], seq_idx: Optional[Tensor], reverse: bool,
-    chunk_size: int, block_d: int, num_warps: int,
+    chunk_size: int, block_d: int, num_warps: int, save_states: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # out (b, dim, L), final (b, dim, N) fp32, states (b, nc, dim, N) fp32
     batch, dim, L = u.shape
     N = A.shape[1]
     G = B.shape[1]
     dpg = dim // G
-    T = chunk_size
+    T = _tile_of(u, delta, B, C, z)
     nchunks = triton_cdiv(L, T)
+    KB = chunk_size // T
+    nseg_b = triton_cdiv(nchunks, KB)
     bd = _block_d(dpg, block_d)
+    dev, f32 = u.device, torch.float32
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
-    states = torch.empty((batch, nchunks, dim, N), device=u.device, dtype=torch.float32)
-    hT = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
-    if batch == 0 or dim == 0:
-        return out, hT.zero_(), states
+    states = torch.empty((batch, nseg_b if save_states else 0, dim, N), device=dev, dtype=f32)
+    hT = torch.empty((batch, dim, N), device=dev, dtype=f32)
+    if batch == 0 or dim == 0 or L == 0:
+        hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
+        return out, hT, states
     u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (u, delta, z, B, C, seq_idx))
-    A_ = A.to(torch.float32).contiguous()
-    D_ = D.to(torch.float32).contiguous() if D is not None else A_
-    bias_ = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A_
-    h0_ = initial_state.to(torch.float32).contiguous() if initial_state is not None else A_
+    A_ = A.to(f32).contiguous()
+    D_ = D.to(f32).contiguous() if D is not None else A_
+    bias_ = delta_bias.to(f32).contiguous() if delta_bias is not None else A_
+    h0_ = initial_state.to(f32).contiguous() if initial_state is not None else A_
     seq_ = seq_idx if seq_idx is not None else u
     z_ = z if z is not None else u
-    s_seq = seq_idx.stride() if seq_idx is not None else (0, 0)
-    grid = (batch, dim // bd)
-    _fwd_kernel[grid](
-        u, delta, A_, B, C, D_, z_, bias_, h0_, seq_,
-        out, states, hT,
-        L, nchunks, dim, dpg,
+    s_seq = seq_idx.stride()[0] if seq_idx is not None else 0
+    NP = triton_next_pow2(N)
+    KS = _forward_segments(batch, dim // bd, num_warps, nchunks, KB)
+    nseg = triton_cdiv(nchunks, KS)
+    flags = dict(HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None,
+                 REVERSE=bool(reverse), N=N, NP=NP)
+    hloc = torch.empty((batch, nseg, dim, N), device=dev, dtype=f32)
+    dts = torch.empty((batch, nseg, dim), device=dev, dtype=f32)
+    grid = (nseg, dim // bd, batch)
+    _fwd_state_kernel[grid](
+        u, delta, A_, B, bias_, seq_, hloc, dts,
+        L, nchunks, KS, nseg, dim, dpg,
+        *_strides3(u), *_strides3(delta), *B.stride()[:3], s_seq,
+        BD=bd, T=T, **flags, **_opts(num_warps),
+    )
+    _launch_carry(hloc, dts, A_, h0_ if initial_state is not None else None, hT, backward=False, reverse=reverse)
+    _fwd_out_kernel[grid](
+        u, delta, A_, B, C, D_, z_, bias_, seq_, hloc,
+        out, states,
+        L, nchunks, KS, nseg, KB, nseg_b, dim, dpg,
         *_strides3(u), *_strides3(delta), *_strides3(z), *_strides3(out),
-        *B.stride()[:3], *C.stride()[:3], s_seq[0],
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, HAS_SEQ=seq_idx is not None,
-        REVERSE=bool(reverse), SAVE_STATES=True,
-        BD=bd, N=N, T=T, **_opts(num_warps),
+        *B.stride()[:3], *C.stride()[:3], s_seq,
+        HAS_D=D is not None, HAS_Z=z is not None, SAVE_STATES=bool(save_states),
+        BD=bd, T=T, **flags, **_opts(num_warps),
     )
     return out, hT, states
+
+
+def _tile_of(*xs: Optional[Tensor]) -> int:
+    return min(_tile(x.dtype) for x in xs if x is not None)
+
+
+def _launch_carry(loc: Tensor, dts: Tensor, A_: Tensor, init: Optional[Tensor], final: Tensor, backward: bool,
+                  reverse: bool) -> None:
+    batch, nseg, dim, N = loc.shape
+    bdc = 32
+    _carry_kernel[(triton_cdiv(dim, bdc), batch)](
+        loc, dts, A_, init if init is not None else A_, final, nseg, dim,
+        HAS_INIT=init is not None, BACKWARD=backward, REVERSE=bool(reverse),
+        BDC=bdc, N=N, NP=triton_next_pow2(N), num_warps=4,
+    )
 
 
 def triton_cdiv(a, b):
@@ -155,13 +217,14 @@ def triton_next_pow2(n: int) -> int:
 
 @_scan_fwd.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
-                   reverse, chunk_size, block_d, num_warps):
+                   reverse, chunk_size, block_d, num_warps, save_states):
     batch, dim, L = u.shape
     N = A.shape[1]
-    nchunks = (L + chunk_size - 1) // chunk_size
+    T = _tile_of(u, delta, B, C, z)
+    nseg_b = triton_cdiv(triton_cdiv(L, T), chunk_size // T) if save_states else 0
     out = u.new_empty((batch, dim, L))
     hT = u.new_empty((batch, dim, N), dtype=torch.float32)
-    states = u.new_empty((batch, nchunks, dim, N), dtype=torch.float32)
+    states = u.new_empty((batch, nseg_b, dim, N), dtype=torch.float32)
     return out, hT, states
 
 
@@ -183,69 +246,81 @@ def _scan_bwd(
 
 
 def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
-              reverse, states, chunk_size, block_d, num_warps, run_chunk=True):
+              reverse, states, chunk_size, block_d, num_warps, run_main=True):
     # -> du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 (empty tensors for absent inputs)
     batch, dim, L = u.shape
     N = A.shape[1]
     G = B.shape[1]
     dpg = dim // G
-    T = chunk_size
+    T = _tile_of(u, delta, B, C, z, dout)
     nchunks = triton_cdiv(L, T)
+    KB = chunk_size // T
+    nseg_b = triton_cdiv(nchunks, KB)
     bd = _block_d(dpg, block_d)
-    dev = u.device
-    f32 = torch.float32
+    dev, f32 = u.device, torch.float32
     dout, u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (dout, u, delta, z, B, C, seq_idx))
     A_ = A.to(f32).contiguous()
     D_ = D.to(f32).contiguous() if D is not None else A_
     bias_ = delta_bias.to(f32).contiguous() if delta_bias is not None else A_
-    dhT_ = dhT.to(f32).contiguous() if dhT is not None else A_
+    dhT_ = dhT.to(f32).contiguous() if dhT is not None else None
     seq_ = seq_idx if seq_idx is not None else u
     z_ = z if z is not None else u
-    s_seq = seq_idx.stride() if seq_idx is not None else (0, 0)
+    s_seq = seq_idx.stride()[0] if seq_idx is not None else 0
     NP = triton_next_pow2(N)
+    flags = dict(HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None,
+                 REVERSE=bool(reverse), BD=bd, N=N, NP=NP, T=T)
 
-    R = torch.empty((batch, nchunks, dim, N), device=dev, dtype=f32)
+    # adjoint entering every chunk from later positions (in place of the local ones), dh0
+    qin = torch.empty((batch, nseg_b, dim, N), device=dev, dtype=f32)
+    dts = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32)
     dh0 = torch.empty((batch, dim, N), device=dev, dtype=f32)
-    _bwd_carry_kernel[(batch, dim // bd)](
-        dout, delta, A_, C, z_, bias_, dhT_, seq_,
-        R, dh0,
-        L, nchunks, dim, dpg,
-        *_strides3(dout), *_strides3(delta), *_strides3(z), *C.stride()[:3], s_seq[0],
-        HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_DHT=dhT is not None, HAS_SEQ=seq_idx is not None, REVERSE=bool(reverse),
-        BD=bd, N=N, T=T, **_opts(num_warps),
-    )
+    if L > 0 and batch > 0 and dim > 0:
+        _bwd_state_kernel[(nseg_b, dim // bd, batch)](
+            dout, delta, A_, C, z_, bias_, seq_, qin, dts,
+            L, nchunks, KB, nseg_b, dim, dpg,
+            *_strides3(dout), *_strides3(delta), *_strides3(z), *C.stride()[:3], s_seq,
+            HAS_Z=z is not None, **flags, **_opts(num_warps),
+        )
+        _launch_carry(qin, dts, A_, dhT_, dh0, backward=True, reverse=reverse)
+    else:
+        dh0.copy_(dhT_ if dhT_ is not None else torch.zeros_like(dh0))
+    if not run_main:  # benchmarks: time the state and carry passes alone
+        return qin, dh0
 
-    if not run_chunk:  # benchmarks: time the carry pass alone
-        return R, dh0
-    nsub = _nsub(batch, nchunks, dim, dpg, bd)
-    ndb = dpg // (nsub * bd)
+    nblk_g = dpg // bd
+    per_super = 4 * (batch * nseg_b * G * KB * N * bd + 2 * batch * G * N * L)  # scratch + dB/dC rows
+    nsuper = _super_blocks(batch, nseg_b, G, nblk_g, num_warps, per_super, u.numel() * u.element_size())
+    nblk = nblk_g // nsuper
     du = torch.empty((batch, dim, L), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, L), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, dim, L), device=dev, dtype=z.dtype) if z is not None else u.new_empty(0)
-    dBp = torch.empty((batch, G, ndb, N, L), device=dev, dtype=f32)
-    dCp = torch.empty((batch, G, ndb, N, L), device=dev, dtype=f32)
-    nslots = max(1, min(batch * nchunks, 64))  # atomic-add slots for dA, dD, d(delta_bias)
-    dAs = torch.zeros((nslots, dim, N), device=dev, dtype=f32)
-    dDs = torch.zeros((nslots, dim), device=dev, dtype=f32) if D is not None else dAs
-    dbs = torch.zeros((nslots, dim), device=dev, dtype=f32) if delta_bias is not None else dAs
-    if nchunks > 0:
-        _bwd_chunk_kernel[(nchunks, dim // (nsub * bd), batch)](
+    dBp = torch.empty((batch, G, nsuper, N, L), device=dev, dtype=f32)
+    dCp = torch.empty((batch, G, nsuper, N, L), device=dev, dtype=f32)
+    dAp = torch.empty((batch, nseg_b, dim, N), device=dev, dtype=f32)
+    dDp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if D is not None else dAp
+    dbp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if delta_bias is not None else dAp
+    scratch = torch.empty((batch * nseg_b * G * nsuper, KB, N, bd), device=dev, dtype=f32)
+    # channel sums of dB/dC by lane shuffles: compiled GPU code with one warp of 32 channels
+    lane_sum = dev.type == "cuda" and bd == 32 and num_warps == 1 and os.environ.get("TRITON_INTERPRET") != "1"
+    if L > 0 and batch > 0 and dim > 0:
+        _bwd_main_kernel[(nseg_b, G * nsuper, batch)](
             dout, u, delta, A_, B, C, D_, z_, bias_, seq_,
-            states, R,
-            du, ddelta, dz if z is not None else du, dBp, dCp, dAs, dDs, dbs,
-            L, nchunks, dim, dpg, nsub, ndb, nslots,
-            *_strides3(dout), *_strides3(u), *_strides3(delta), *_strides3(z),
-            *B.stride()[:3], *C.stride()[:3], s_seq[0],
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None, REVERSE=bool(reverse),
-            BD=bd, N=N, NP=NP, T=T, **_opts(num_warps),
+            states, qin, scratch,
+            du, ddelta, dz if z is not None else du, dBp, dCp, dAp, dDp, dbp,
+            L, nchunks, KB, nseg_b, dim, dpg, nsuper, nblk,
+            *_strides3(dout), *_strides3(u), *_strides3(delta), *_strides3(z), *du.stride()[:2],
+            *B.stride()[:3], *C.stride()[:3], dBp.stride(3), s_seq,
+            HAS_D=D is not None, HAS_Z=z is not None, LANE_SUM=lane_sum, **flags,
+            **_opts(num_warps, _MAIN_MAXNREG if dev.type == "cuda" else None),
         )
-    dA = dAs.sum(dim=0).to(A.dtype)
-    dB = dBp.sum(dim=2).to(B.dtype)
-    dC = dCp.sum(dim=2).to(C.dtype)
-    dD = dDs.sum(dim=0).to(D.dtype) if D is not None else u.new_empty(0)
-    dbias = dbs.sum(dim=0).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
+    else:
+        for t in (dBp, dCp, dAp, dDp, dbp):
+            t.zero_()
+    dA = dAp.sum(dim=(0, 1)).to(A.dtype)
+    dB = (dBp[:, :, 0] if nsuper == 1 else dBp.sum(dim=2)).to(B.dtype)
+    dC = (dCp[:, :, 0] if nsuper == 1 else dCp.sum(dim=2)).to(C.dtype)
+    dD = dDp.sum(dim=(0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
+    dbias = dbp.sum(dim=(0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
     dh0_ = dh0.to(initial_state.dtype) if initial_state is not None else dh0
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0_
 
@@ -268,7 +343,7 @@ def _scan_bwd_fake(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplu
 
 def _setup_context(ctx, inputs, output):
     (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, reverse,
-     chunk_size, block_d, num_warps) = inputs
+     chunk_size, block_d, num_warps, save_states) = inputs
     _, _, states = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, states)
     ctx.flags = (delta_softplus, reverse, chunk_size, block_d, num_warps)
@@ -291,7 +366,7 @@ def _backward(ctx, dout, dhT, dstates):
         dbias if delta_bias is not None else None,
         None,
         dh0 if initial_state is not None else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 
@@ -329,12 +404,13 @@ def selective_scan_triton(
     C4 = C.unsqueeze(1) if C.dim() == 3 else C
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    T0, bd0, w0 = scan_config(dim, N, u.dtype, needs_grad)
-    T = int(chunk_size or T0)
-    if T < N or T & (T - 1):
-        raise ValueError(f"chunk_size must be a power of two >= N = {N}; got {T}")
+    chunk0, bd0, w0 = scan_config(dim, N, u.dtype, needs_grad)
+    chunk = int(chunk_size or chunk0)
+    tile = _tile_of(u, delta, B, C, z)
+    if chunk < tile or chunk & (chunk - 1):
+        raise ValueError(f"chunk_size must be a power of two >= {tile} (one tile of {u.dtype}); got {chunk}")
     out, hT, _ = _scan_fwd(
         u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), initial_state, seq_idx,
-        bool(reverse), T, int(block_d or bd0), int(num_warps or w0),
+        bool(reverse), chunk, int(block_d or bd0), int(num_warps or w0), needs_grad,
     )
     return (out, hT) if return_final_state else out

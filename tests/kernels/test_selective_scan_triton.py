@@ -29,7 +29,7 @@ TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # small launch settings so the interpreter stays quick; the GPU runs its default settings too
-SMALL = dict(chunk_size=16, block_d=2, num_warps=4)
+SMALL = dict(chunk_size=16, block_d=4, num_warps=4)
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
 
@@ -123,7 +123,7 @@ def packed_seq_idx(batch, L, device=DEV, seed=0):
 
 @pytest.mark.parametrize("L", [1, 16, 63, 500])
 def test_lengths(L):
-    check_against_oracle(make_inputs(2, 4, 5, L, seed=L), **SMALL)
+    check_against_oracle(make_inputs(1 if L > 100 else 2, 4, 5, L, seed=L), **SMALL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -234,7 +234,7 @@ def test_opcheck():
     inp = make_inputs(1, 2, 3, 9, seed=19)
     B4, C4 = inp["B"].unsqueeze(1), inp["C"].unsqueeze(1)
     args = (inp["u"].requires_grad_(), inp["delta"], inp["A"], B4, C4, inp["D"], inp["z"], inp["delta_bias"],
-            True, inp["initial_state"], None, False, 16, 2, 4)
+            True, inp["initial_state"], None, False, 16, 2, 4, True)
     torch.library.opcheck(ts._scan_fwd, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -360,3 +360,18 @@ def test_gpu_compile_mamba_mixer():
     assert rel(y, eager) < 1e-4
     for p, ge in zip(m.parameters(), g_eager):
         assert rel(p.grad, ge) < 1e-3
+
+
+@pytest.mark.gpu
+def test_gpu_gradients_bitwise_deterministic():
+    """Two identical backward passes give bit-identical gradients: the dB/dC/dA sums over channel
+    blocks are added by one lane per address in a fixed order (no order-dependent atomics)."""
+    inp = make_inputs(2, 256, 16, 5000, groups=2, dtype=torch.bfloat16, seed=31)
+    grads = []
+    for _ in range(2):
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if v is not None}
+        out = _run(leaves)
+        out.float().square().sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items() if v.grad is not None})
+    for k in grads[0]:
+        assert torch.equal(grads[0][k], grads[1][k]), k
