@@ -23,7 +23,7 @@ from triton.compiler import ASTSource
 
 from kernels.selective_scan import triton_kernels as K
 
-FLOAT_PTRS = {"A_ptr", "D_ptr", "bias_ptr", "h0_ptr", "init_ptr", "final_ptr", "hloc_ptr", "dts_ptr", "loc_ptr",
+FLOAT_PTRS = {"A_ptr", "D_ptr", "bias_ptr", "init_ptr", "final_ptr", "hloc_ptr", "dts_ptr", "loc_ptr",
               "hin_ptr", "states_ptr", "qin_ptr", "qloc_ptr", "scr_ptr", "dBp_ptr", "dCp_ptr", "dAp_ptr",
               "dDp_ptr", "dbp_ptr"}
 

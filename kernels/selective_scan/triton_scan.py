@@ -158,13 +158,8 @@ def _scan_fwd(
         hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
         return out, hT, states
     u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (u, delta, z, B, C, seq_idx))
-    A_ = A.to(f32).contiguous()
-    D_ = D.to(f32).contiguous() if D is not None else A_
-    bias_ = delta_bias.to(f32).contiguous() if delta_bias is not None else A_
-    h0_ = initial_state.to(f32).contiguous() if initial_state is not None else A_
-    seq_ = seq_idx if seq_idx is not None else u
-    z_ = z if z is not None else u
-    s_seq = seq_idx.stride()[0] if seq_idx is not None else 0
+    A_, D_, bias_, seq_, z_, s_seq = _kernel_operands(u, A, D, delta_bias, seq_idx, z)
+    h0_ = initial_state.to(f32).contiguous() if initial_state is not None else None
     NP = triton_next_pow2(N)
     KS = _forward_segments(batch, dim // bd, num_warps, nchunks, KB)
     nseg = triton_cdiv(nchunks, KS)
@@ -179,7 +174,7 @@ def _scan_fwd(
         *_strides3(u), *_strides3(delta), *B.stride()[:3], s_seq,
         BD=bd, T=T, **flags, **_opts(num_warps),
     )
-    _launch_carry(hloc, dts, A_, h0_ if initial_state is not None else None, hT, backward=False, reverse=reverse)
+    _launch_carry(hloc, dts, A_, h0_, hT, backward=False, reverse=reverse)
     _fwd_out_kernel[grid](
         u, delta, A_, B, C, D_, z_, bias_, seq_, hloc,
         out, states,
@@ -194,6 +189,19 @@ def _scan_fwd(
 
 def _tile_of(*xs: Optional[Tensor]) -> int:
     return min(_tile(x.dtype) for x in xs if x is not None)
+
+
+def _kernel_operands(u, A, D, delta_bias, seq_idx, z):
+    """fp32 A/D/delta_bias and stand-ins for absent optional inputs (never read: their HAS_*
+    flag is off), as both the forward and the backward pass them to the kernels."""
+    f32 = torch.float32
+    A_ = A.to(f32).contiguous()
+    D_ = D.to(f32).contiguous() if D is not None else A_
+    bias_ = delta_bias.to(f32).contiguous() if delta_bias is not None else A_
+    seq_ = seq_idx if seq_idx is not None else u
+    z_ = z if z is not None else u
+    s_seq = seq_idx.stride()[0] if seq_idx is not None else 0
+    return A_, D_, bias_, seq_, z_, s_seq
 
 
 def _launch_carry(loc: Tensor, dts: Tensor, A_: Tensor, init: Optional[Tensor], final: Tensor, backward: bool,
@@ -259,13 +267,8 @@ def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
     bd = _block_d(dpg, block_d)
     dev, f32 = u.device, torch.float32
     dout, u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (dout, u, delta, z, B, C, seq_idx))
-    A_ = A.to(f32).contiguous()
-    D_ = D.to(f32).contiguous() if D is not None else A_
-    bias_ = delta_bias.to(f32).contiguous() if delta_bias is not None else A_
+    A_, D_, bias_, seq_, z_, s_seq = _kernel_operands(u, A, D, delta_bias, seq_idx, z)
     dhT_ = dhT.to(f32).contiguous() if dhT is not None else None
-    seq_ = seq_idx if seq_idx is not None else u
-    z_ = z if z is not None else u
-    s_seq = seq_idx.stride()[0] if seq_idx is not None else 0
     NP = triton_next_pow2(N)
     flags = dict(HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq_idx is not None,
                  REVERSE=bool(reverse), BD=bd, N=N, NP=NP, T=T)
