@@ -375,3 +375,11 @@ def test_gpu_gradients_bitwise_deterministic():
         grads.append({k: v.grad for k, v in leaves.items() if v.grad is not None})
     for k in grads[0]:
         assert torch.equal(grads[0][k], grads[1][k]), k
+
+
+@pytest.mark.parametrize("chunk_size", [12, 4])
+def test_bad_chunk_size_names_the_rule(chunk_size):
+    """A chunk that is not a power of two, or shorter than one bf16 tile (8), fails before launch."""
+    inp = make_inputs(1, 2, 4, 20, dtype=torch.bfloat16, seed=1)
+    with pytest.raises(ValueError, match=rf"chunk_size must be a power of two >= 8 .*got {chunk_size}"):
+        selective_scan_triton(**{k: v for k, v in inp.items() if v is not None}, chunk_size=chunk_size)
