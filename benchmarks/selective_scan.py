@@ -217,7 +217,7 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--rep-ms", type=int, default=400)
     ap.add_argument("--shapes", default=None, help="b,d,L;b,d,L")
-    ap.add_argument("--sweep", default=None, help="chunk,BD,warps[,maxnreg];... launch settings to time (fwd and fwd+bwd)")
+    ap.add_argument("--sweep", default=None, help="chunk,BD,warps[,maxnreg[,unroll]];... launch settings to time (fwd and fwd+bwd)")
     ap.add_argument("--sweep-shapes", default="1,1536,1048576;8,2048,2048")
     args = ap.parse_args()
     if args.build_cuda:
@@ -233,21 +233,25 @@ def main():
         sshapes = [tuple(int(v) for v in s.split(",")) for s in args.sweep_shapes.split(";")]
         for cfg in args.sweep.split(";"):
             c = tuple(int(v) for v in cfg.split(","))
-            if len(c) == 4:  # chunk,BD,warps,maxnreg of the backward main kernel
-                os.environ["MAMBA_SEQ_SCAN_MAXNREG"] = str(c[3])
-            else:
-                os.environ.pop("MAMBA_SEQ_SCAN_MAXNREG", None)
+            # optional: the backward main kernel's register cap (0: the default) and states per iteration
+            for k, env in ((3, "MAMBA_SEQ_SCAN_MAXNREG"), (4, "MAMBA_SEQ_SCAN_UNROLL")):
+                if len(c) > k and c[k]:
+                    os.environ[env] = str(c[k])
+                else:
+                    os.environ.pop(env, None)
+            name = f"T={c[0]} BD={c[1]} warps={c[2]} maxnreg={c[3] if len(c) > 3 else '-'} unroll={c[4] if len(c) > 4 else '-'}"
             for b, d, L in sshapes:
                 try:
-                    r = bench_one(triton_impl(c), b, d, L, args.rep_ms)
-                    print(f"sweep T={c[0]} BD={c[1]} warps={c[2]} maxnreg={c[3] if len(c) > 3 else '-'} b{b} d{d} L{L}: fwd {r['fwd_ms']:.3f} ms "
+                    r = bench_one(triton_impl(c[:3]), b, d, L, args.rep_ms)
+                    print(f"sweep {name} b{b} d{d} L{L}: fwd {r['fwd_ms']:.3f} ms "
                           f"fwd+bwd {r['fwdbwd_ms']:.3f} ms (bwd state+carry passes {r.get('bwd_carry_ms', 0):.3f} ms) "
                           f"peak {r['fwdbwd_peak_GiB']:.1f} GiB", flush=True)
                     results.append(dict(impl="triton", config=c, batch=b, dim=d, L=L, **r))
                 except Exception as e:  # a setting that fails to compile/run is reported, not fatal
-                    print(f"sweep T={c[0]} BD={c[1]} warps={c[2]} maxnreg={c[3] if len(c) > 3 else '-'} b{b} d{d} L{L}: FAILED {type(e).__name__}: {e}"[:300], flush=True)
+                    print(f"sweep {name} b{b} d{d} L{L}: FAILED {type(e).__name__}: {e}"[:300], flush=True)
 
     os.environ.pop("MAMBA_SEQ_SCAN_MAXNREG", None)
+    os.environ.pop("MAMBA_SEQ_SCAN_UNROLL", None)
     impls = [("triton", triton_impl())]
     if args.compare_cuda:
         try:

@@ -177,44 +177,51 @@ def _rscan(a, x, T: tl.constexpr):
 
 
 @triton.jit
-def _shfl_xor(x, M: tl.constexpr):
-    # x from lane ^ M (one warp): a butterfly exchange of every register of x
-    if M == 16:
+def _shfl_xor(x, M: tl.constexpr, ASM: tl.constexpr):
+    # x from lane ^ M (one warp of 32 rows, one row per lane): a butterfly exchange of every
+    # register of x. ASM: the GPU's shuffle; otherwise the same exchange as a row gather, so that
+    # the interpreter runs (and the CPU tests check) the lane-sum path.
+    if ASM and M == 16:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, 0xffffffff;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
-    elif M == 8:
+    elif ASM and M == 8:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, 0xffffffff;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
-    elif M == 4:
+    elif ASM and M == 4:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, 0xffffffff;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
-    elif M == 2:
+    elif ASM and M == 2:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, 0xffffffff;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
-    else:
+    elif ASM:
         return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, 0xffffffff;", "=r,r", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        src = tl.arange(0, 32) ^ M
+        if len(x.shape) == 2:
+            src = src[:, None] + tl.zeros(x.shape, dtype=tl.int32)
+        return tl.gather(x, src, 0)
 
 
 @triton.jit
-def _lane_allsum(v, M: tl.constexpr):
+def _lane_allsum(v, M: tl.constexpr, ASM: tl.constexpr):
     # butterfly all-reduce of a per-lane value over the lane bits M, M/2, ..., 1
-    v = v + _shfl_xor(v, M)
+    v = v + _shfl_xor(v, M, ASM)
     if M > 1:
-        v = _lane_allsum(v, M // 2)
+        v = _lane_allsum(v, M // 2, ASM)
     return v
 
 
 @triton.jit
-def _lane_reduce_scatter(P, lane, K: tl.constexpr, M: tl.constexpr, SH: tl.constexpr):
+def _lane_reduce_scatter(P, lane, K: tl.constexpr, M: tl.constexpr, SH: tl.constexpr, ASM: tl.constexpr):
     # Sum a (32, K) tile over its 32 rows (one row per lane of one warp) with halving exchanges:
     # at the step with lane bit M (= 1 << SH) a lane keeps the odd columns if that bit is set, the
     # even ones otherwise, and adds its partner's. Ends with one value per lane: the sum of column
-    # sum_k bit(lane, 4-k) << k. 2K-1 + log2(32/K) shuffles instead of 5K for tl.sum(axis=0).
+    # sum_k bit(lane, 4-k) << k (mod K). 2K-1 + log2(32/K) shuffles instead of 5K for tl.sum(axis=0).
     if K == 1:
         v = tl.reshape(P, (P.shape[0],))
         if M >= 1:
-            v = _lane_allsum(v, M)
+            v = _lane_allsum(v, M, ASM)
         return v
     else:
         e, o = _eo(P, K)
@@ -224,43 +231,63 @@ def _lane_reduce_scatter(P, lane, K: tl.constexpr, M: tl.constexpr, SH: tl.const
             bit = (((lane >> SH) & 1) == 1)[:, None]
         keep = tl.where(bit, o, e)
         send = tl.where(bit, e, o)
-        return _lane_reduce_scatter(keep + _shfl_xor(send, M), lane, K // 2, M // 2, SH - 1)
+        return _lane_reduce_scatter(keep + _shfl_xor(send, M, ASM), lane, K // 2, M // 2, SH - 1, ASM)
 
 
 @triton.jit
-def _channel_sum_store(P, first_block, base, t0, L, lane, T: tl.constexpr, REVERSE: tl.constexpr,
-                       MASKED: tl.constexpr, LANE_SUM: tl.constexpr):
-    # base[t0 + j] (+)= sum over the tile's channels of column j of P (scan order) for the T
-    # positions of the tile; the first channel block of a program writes, the later ones add.
-    if LANE_SUM:  # GPU, one warp of 32 channels: reduce-scatter, one value per lane
-        v = _lane_reduce_scatter(P, lane, T, 16, 4)
-        js = ((lane >> 4) & 1) | (((lane >> 3) & 1) << 1) | (((lane >> 2) & 1) << 2) | (((lane >> 1) & 1) << 3)
-        js = js & (T - 1)
-        if REVERSE:
-            js = T - 1 - js
-        ptr = base + t0 + js
-        owner = (lane & (32 // T - 1)) == 0  # lanes that differ only below the column bits hold copies
+def _sum_store(P, first_block, ptr, mask, MASKED: tl.constexpr):
+    # ptr (+)= P: the first channel block of a program writes, the later ones add
+    if first_block:
         if MASKED:
-            owner = owner & (t0 + js < L)
+            tl.store(ptr, P, mask=mask)
+        else:
+            tl.store(ptr, P)
+    else:
+        if MASKED:
+            tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + P, mask=mask)
+        else:
+            tl.store(ptr, tl.load(ptr) + P)
+
+
+@triton.jit
+def _channel_sums_store(PB0, PC0, PB1, PC1, first_block, bc_base, s_q, n, s_n, t0, L, lane,
+                        S: tl.constexpr, T: tl.constexpr, REVERSE: tl.constexpr, MASKED: tl.constexpr,
+                        LANE_SUM: tl.constexpr, SHFL_ASM: tl.constexpr):
+    # dB/dC partial rows of states n .. n+S-1 at the tile's T positions: bc_base[q*s_q + (n+s)*s_n + t]
+    # (+)= sum over the tile's channels of P{B,C}{s}[:, t] (tiles in scan order; q = 0 for dB, 1 for dC).
+    if LANE_SUM:  # one warp of 32 channels: one reduce-scatter of all 2*S tiles, one value per lane
+        if S == 2:  # column c = 2 (2 j + s) + q
+            P = _il(_il(PB0, PB1, 2 * T), _il(PC0, PC1, 2 * T), 4 * T)
+        else:  # column c = 2 j + q
+            P = _il(PB0, PC0, 2 * T)
+        K: tl.constexpr = 2 * S * T
+        v = _lane_reduce_scatter(P, lane, K, 16, 4, SHFL_ASM)
+        c = ((lane >> 4) & 1) | (((lane >> 3) & 1) << 1) | (((lane >> 2) & 1) << 2) | (((lane >> 1) & 1) << 3) \
+            | ((lane & 1) << 4)
+        c = c & (K - 1)
+        j = c >> S
+        if REVERSE:
+            j = T - 1 - j
+        ptr = bc_base + (c & 1) * s_q + (n + ((c >> 1) & (S - 1))) * s_n + t0 + j
+        owner = (lane & (32 // K - 1)) == 0  # lanes that differ only below the column bits hold copies
+        if MASKED:
+            owner = owner & (t0 + j < L)
         if first_block:
             tl.store(ptr, v, mask=owner)
         else:  # a reduction without a return value (no stall); the same lane adds to an address in
             # block order every time, so the sum is deterministic
             tl.atomic_add(ptr, v, mask=owner, sem="relaxed")
     else:
-        v = _to_scan_order(tl.sum(P, axis=0)[None, :], T, REVERSE)  # (1, T) time order
-        ptr = base + t0 + tl.arange(0, T)[None, :]
-        if MASKED:
-            m1 = (t0 + tl.arange(0, T) < L)[None, :]
-            if first_block:
-                tl.store(ptr, v, mask=m1)
-            else:
-                tl.store(ptr, tl.load(ptr, mask=m1, other=0.0) + v, mask=m1)
-        else:
-            if first_block:
-                tl.store(ptr, v)
-            else:
-                tl.store(ptr, tl.load(ptr) + v)
+        tt = t0 + tl.arange(0, T)[None, :]
+        m1 = tt < L
+        ptr = bc_base + n * s_n + tt
+        _sum_store(_to_scan_order(tl.sum(PB0, axis=0)[None, :], T, REVERSE), first_block, ptr, m1, MASKED)
+        _sum_store(_to_scan_order(tl.sum(PC0, axis=0)[None, :], T, REVERSE), first_block, ptr + s_q, m1, MASKED)
+        if S == 2:
+            _sum_store(_to_scan_order(tl.sum(PB1, axis=0)[None, :], T, REVERSE), first_block, ptr + s_n, m1,
+                       MASKED)
+            _sum_store(_to_scan_order(tl.sum(PC1, axis=0)[None, :], T, REVERSE), first_block, ptr + s_q + s_n,
+                       m1, MASKED)
 
 
 @triton.jit
@@ -711,16 +738,43 @@ def _bwd_fwd_tile(c, H, scr_ptr, kk, u_base, dl_base, B_base, s_B_n, A_ptr, d64,
 
 
 @triton.jit
+def _bwd_state_grads(n, An, hin, qn, Bn, Cn, dt, dtu, dy, keep, q_rows, dA_rows,
+                     HAS_SEQ: tl.constexpr, LANE_SUM: tl.constexpr, T: tl.constexpr):
+    # one state of the reverse sweep: h (recomputed from the entering state hin), the adjoint q from
+    # the carry qn (stored back for the next tile), g_p = C_p dy_p + q_{p+1} and q_p h_{p-1}
+    a = tl.exp2(dt * (An * 1.4426950408889634)[:, None])
+    if HAS_SEQ:
+        a = a * keep
+    x = dtu * Bn
+    x = _set_col(x, 0, _first(x, T) + _first(a, T) * hin, T)
+    h = _scan(a, x)
+    cdy = Cn * dy
+    w = a * cdy
+    w = _set_col(w, T - 1, _last(w, T) + _last(a, T) * qn, T)
+    q = _rscan(a, w, T)
+    tl.store(q_rows + n, _first(q, T))
+    g = cdy + _shl(q, qn, T)
+    qh = q * _shr(h, hin, T)  # q_p h_{p-1} = g_p a_p h_{p-1}
+    if LANE_SUM:  # same lane, same address, in order: deterministic
+        tl.atomic_add(dA_rows + n, tl.sum(qh * dt, axis=1), sem="relaxed")
+    else:
+        tl.store(dA_rows + n, tl.load(dA_rows + n) + tl.sum(qh * dt, axis=1))
+    return h, g, qh
+
+
+@triton.jit
 def _bwd_main_tile(c, q_rows, dA_rows, scr_ptr, kk, first_block, do_base, u_base, dl_base, z_base, du_base, ddl_base, dz_base,
-                   B_base, C_base, s_B_n, s_C_n, dB_base, dC_base, s_dB_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base,
+                   B_base, C_base, s_B_n, s_C_n, bc_base, s_bc_q, s_bc_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base,
                    L, dD_acc, db_acc,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   HAS_SEQ: tl.constexpr, REVERSE: tl.constexpr, LANE_SUM: tl.constexpr,
-                   BD: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, MASKED: tl.constexpr):
+                   HAS_SEQ: tl.constexpr, REVERSE: tl.constexpr, LANE_SUM: tl.constexpr, SHFL_ASM: tl.constexpr,
+                   UNROLL: tl.constexpr, BD: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+                   MASKED: tl.constexpr):
     # reverse sweep: every gradient of tile c. The adjoint carry q (moving to earlier positions) and
     # the dA sums live in memory rows of the program's channels (q_rows, dA_rows: (BD,) pointers to
     # N consecutive fp32), so the state loop can stay a loop: unrolled, its 16 states' loads and
-    # temporaries would not fit in registers.
+    # temporaries would not fit in registers. UNROLL = 2 (N even) runs two states per iteration:
+    # two independent dependency chains, and one lane reduce-scatter for their four dB/dC tiles.
     rows = tl.arange(0, BD)
     i = tl.arange(0, T)
     t0 = c * T
@@ -734,49 +788,62 @@ def _bwd_main_tile(c, q_rows, dA_rows, scr_ptr, kk, first_block, do_base, u_base
     dtu = dt * uu
     if HAS_SEQ:
         keep = _tile_keep(seq_ptr, seq_base, t, L, BD, T, REVERSE)
+    else:
+        keep = dt
     y = tl.zeros([BD, T], dtype=tl.float32)
     gB = tl.zeros([BD, T], dtype=tl.float32)  # sum_n g B
     qhA = tl.zeros([BD, T], dtype=tl.float32)  # sum_n A q h_prev
-    # the loads of state n+1 are issued before state n is computed (latency hidden by the work)
+    # the loads of the next iteration's states are issued before this one's are computed (their
+    # latency hidden by the work); the last iteration reloads the first states, unused
     An1 = tl.load(A_ptr + d64 * N)
     hin1 = tl.load(scr_ptr + kk * N * BD + rows)
     qn1 = tl.load(q_rows)
     Bn1 = _ld(B_base + tb, mask, T, REVERSE, MASKED)
     Cn1 = _ld(C_base + tb, mask, T, REVERSE, MASKED)
-    for n in range(N):
+    if UNROLL == 2:
+        Am1 = tl.load(A_ptr + d64 * N + 1)
+        him1 = tl.load(scr_ptr + (kk * N + 1) * BD + rows)
+        qm1 = tl.load(q_rows + 1)
+        Bm1 = _ld(B_base + s_B_n + tb, mask, T, REVERSE, MASKED)
+        Cm1 = _ld(C_base + s_C_n + tb, mask, T, REVERSE, MASKED)
+    for n in range(0, N, UNROLL):
         An = An1
         hin = hin1
         qn = qn1
         Bn = Bn1
         Cn = Cn1
-        n1 = (n + 1) % N  # the last iteration reloads state 0: unused
+        n1 = (n + UNROLL) % N
         An1 = tl.load(A_ptr + d64 * N + n1)
         hin1 = tl.load(scr_ptr + (kk * N + n1) * BD + rows)
         qn1 = tl.load(q_rows + n1)
         Bn1 = _ld(B_base + n1 * s_B_n + tb, mask, T, REVERSE, MASKED)
         Cn1 = _ld(C_base + n1 * s_C_n + tb, mask, T, REVERSE, MASKED)
-        a = tl.exp2(dt * (An * 1.4426950408889634)[:, None])
-        if HAS_SEQ:
-            a = a * keep
-        x = dtu * Bn
-        x = _set_col(x, 0, _first(x, T) + _first(a, T) * hin, T)
-        h = _scan(a, x)
+        if UNROLL == 2:
+            Am = Am1
+            him = him1
+            qm = qm1
+            Bm = Bm1
+            Cm = Cm1
+            Am1 = tl.load(A_ptr + d64 * N + n1 + 1)
+            him1 = tl.load(scr_ptr + (kk * N + n1 + 1) * BD + rows)
+            qm1 = tl.load(q_rows + n1 + 1)
+            Bm1 = _ld(B_base + (n1 + 1) * s_B_n + tb, mask, T, REVERSE, MASKED)
+            Cm1 = _ld(C_base + (n1 + 1) * s_C_n + tb, mask, T, REVERSE, MASKED)
+        h, g, qh = _bwd_state_grads(n, An, hin, qn, Bn, Cn, dt, dtu, dy, keep, q_rows, dA_rows, HAS_SEQ, LANE_SUM, T)
         y += h * Cn
-        cdy = Cn * dy
-        w = a * cdy
-        w = _set_col(w, T - 1, _last(w, T) + _last(a, T) * qn, T)
-        q = _rscan(a, w, T)
-        tl.store(q_rows + n, _first(q, T))
-        g = cdy + _shl(q, qn, T)  # g_p = C_p dy_p + q_{p+1}
-        qh = q * _shr(h, hin, T)  # q_p h_{p-1} = g_p a_p h_{p-1}
         gB += g * Bn
         qhA += qh * An[:, None]
-        if LANE_SUM:  # same lane, same address, in order: deterministic
-            tl.atomic_add(dA_rows + n, tl.sum(qh * dt, axis=1), sem="relaxed")
+        if UNROLL == 2:
+            h2, g2, qh2 = _bwd_state_grads(n + 1, Am, him, qm, Bm, Cm, dt, dtu, dy, keep, q_rows, dA_rows, HAS_SEQ,
+                                           LANE_SUM, T)
+            y += h2 * Cm
+            gB += g2 * Bm
+            qhA += qh2 * Am[:, None]
+            _channel_sums_store(g * dtu, h * dy, g2 * dtu, h2 * dy, first_block, bc_base, s_bc_q, n, s_bc_n, t0, L,
+                                rows, 2, T, REVERSE, MASKED, LANE_SUM, SHFL_ASM)
         else:
-            tl.store(dA_rows + n, tl.load(dA_rows + n) + tl.sum(qh * dt, axis=1))
-        _channel_sum_store(g * dtu, first_block, dB_base + n * s_dB_n, t0, L, rows, T, REVERSE, MASKED, LANE_SUM)
-        _channel_sum_store(h * dy, first_block, dC_base + n * s_dB_n, t0, L, rows, T, REVERSE, MASKED, LANE_SUM)
+            _channel_sums_store(g * dtu, h * dy, g, h, first_block, bc_base, s_bc_q, n, s_bc_n, t0, L, rows, 1, T,
+                                REVERSE, MASKED, LANE_SUM, SHFL_ASM)
     # z, dout and the raw delta are read again (cache hits) rather than kept live through the loop
     du = dt * gB
     ddt = uu * gB + qhA
@@ -803,19 +870,19 @@ def _bwd_main_tile(c, q_rows, dA_rows, scr_ptr, kk, first_block, do_base, u_base
 def _bwd_main_kernel(
     dout_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr,
     states_ptr, qin_ptr, scr_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dBCp_ptr, dAp_ptr, dDp_ptr, dbp_ptr,
     L, nchunks, KB, nseg_b, dim, dpg, nsuper, nblk,
     s_do_b, s_do_d, s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d, s_g_b, s_g_d,
-    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_n, s_seq_b,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_bc_q, s_bc_n, s_seq_b,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, REVERSE: tl.constexpr, LANE_SUM: tl.constexpr,
-    BD: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, REVERSE: tl.constexpr, LANE_SUM: tl.constexpr, SHFL_ASM: tl.constexpr,
+    UNROLL: tl.constexpr, BD: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
 ):
     # one program per (backward chunk, group x channel super-block, batch); it walks its nblk
-    # blocks of BD channels. du/ddelta/dz: contiguous (b, dim, L) (strides s_g_*); dBp/dCp:
-    # (b, G, nsuper, N, L) fp32 (state stride s_dB_n = L); dAp: (b, nseg_b, dim, N), dDp/dbp:
-    # (b, nseg_b, dim) fp32 partials. LANE_SUM (GPU, BD = 32, one warp): dB/dC channel sums by
-    # lane shuffles.
+    # blocks of BD channels. du/ddelta/dz: contiguous (b, dim, L) (strides s_g_*); dBCp:
+    # (2, b, G, nsuper, N, L) fp32 dB and dC partial rows (strides s_bc_q, s_bc_n = L); dAp:
+    # (b, nseg_b, dim, N), dDp/dbp: (b, nseg_b, dim) fp32 partials. LANE_SUM (BD = 32, one warp):
+    # dB/dC channel sums by lane exchanges, the GPU's shuffles when SHFL_ASM, else emulated.
     sb = tl.program_id(0)
     pid_gs = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -829,9 +896,7 @@ def _bwd_main_kernel(
     scr = scr_ptr + prog * KB * BD * N
     B_base = B_ptr + pid_b * s_B_b + g * s_B_g
     C_base = C_ptr + pid_b * s_C_b + g * s_C_g
-    bc_row = ((pid_b * G + g) * nsuper + sup) * N * s_dB_n
-    dB_base = dBp_ptr + bc_row
-    dC_base = dCp_ptr + bc_row
+    bc_base = dBCp_ptr + ((pid_b * G + g) * nsuper + sup) * N * s_bc_n
     seq_base = pid_b * s_seq_b
     for jb in range(0, nblk):
         d64 = (gi * dpg + (sup * nblk + jb) * BD + tl.arange(0, BD)).to(tl.int64)
@@ -882,29 +947,29 @@ def _bwd_main_kernel(
             for c in range(k0, kf):
                 dD_acc, db_acc = _bwd_main_tile(
                     c, q_rows, dA_rows, scr, k1 - 1 - c, first_block, do_base, u_base, dl_base, z_base,
-                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, dB_base,
-                    dC_base, s_dB_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
-                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, BD, N, NP, T, False)
+                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, bc_base,
+                    s_bc_q, s_bc_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
+                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, SHFL_ASM, UNROLL, BD, N, NP, T, False)
             for c in range(kf, k1):
                 dD_acc, db_acc = _bwd_main_tile(
                     c, q_rows, dA_rows, scr, k1 - 1 - c, first_block, do_base, u_base, dl_base, z_base,
-                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, dB_base,
-                    dC_base, s_dB_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
-                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, BD, N, NP, T, True)
+                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, bc_base,
+                    s_bc_q, s_bc_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
+                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, SHFL_ASM, UNROLL, BD, N, NP, T, True)
         else:
             for c in range(kf, k1):
                 dD_acc, db_acc = _bwd_main_tile(
                     c, q_rows, dA_rows, scr, c - k0, first_block, do_base, u_base, dl_base, z_base,
-                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, dB_base,
-                    dC_base, s_dB_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
-                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, BD, N, NP, T, True)
+                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, bc_base,
+                    s_bc_q, s_bc_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
+                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, SHFL_ASM, UNROLL, BD, N, NP, T, True)
             for cc in range(k0, kf):
                 c = kf - 1 - (cc - k0)
                 dD_acc, db_acc = _bwd_main_tile(
                     c, q_rows, dA_rows, scr, c - k0, first_block, do_base, u_base, dl_base, z_base,
-                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, dB_base,
-                    dC_base, s_dB_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
-                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, BD, N, NP, T, False)
+                    du_ptr + out_row, ddelta_ptr + out_row, dz_ptr + out_row, B_base, C_base, s_B_n, s_C_n, bc_base,
+                    s_bc_q, s_bc_n, A_ptr, d64, Dv, bias, seq_ptr, seq_base, L, dD_acc, db_acc,
+                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, HAS_SEQ, REVERSE, LANE_SUM, SHFL_ASM, UNROLL, BD, N, NP, T, False)
         if HAS_D:
             tl.store(dDp_ptr + row + d64, dD_acc)
         if HAS_DBIAS:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from typing import Optional
 
 import torch
@@ -48,11 +50,13 @@ _CONFIGS = {
     "infer": (256, 32, 1),
 }
 _CONFIG_CACHE: dict = {}
-# register cap of the backward main kernel: uncapped it takes 255 registers (8 warps per SM);
-# at 168 it does not spill (benchmarks/sass_counts.py)
-_MAIN_MAXNREG = 168
+# register cap of the backward main kernel: uncapped it takes 255 registers (8 warps per SM); at
+# 200 (10 warps) its two-state loop does not spill (benchmarks/sass_counts.py) and it ran 12%
+# faster than at 168, which spills (H200 sweep in benchmarks/NOTES_selective_scan.md)
+_MAIN_MAXNREG = 200
 # programs of one warp that keep an H200 busy (132 SMs x 48 resident warps); the backward main
-# kernel: two waves at 12 resident warps per SM (its register cap)
+# kernel: 24 per SM, two waves at 12 resident warps (set at a cap of 168 registers; at 200 an SM
+# holds 10, so this is 2.4 waves: not re-tuned)
 _TARGET_WARPS = 132 * 48
 _MAIN_TARGET_WARPS = 132 * 24
 
@@ -110,6 +114,42 @@ def _super_blocks(batch: int, nseg_b: int, G: int, blocks_per_group: int, warps:
     return best
 
 
+_LANE_SUM_OK: dict = {}
+
+
+def shuffles_are_row_per_lane(ttgir: str) -> bool:
+    """True when every inline-PTX shuffle in a compiled kernel works on a tile laid out one row per
+    lane (the butterfly's contract). Triton picks layouts itself: where a tile's loads cannot be
+    vectorised (e.g. B/C strides not divisible by 16) it may spread a row over several lanes, and
+    a butterfly on that layout would sum the wrong values."""
+    layouts = dict(re.findall(r"^(#[\w.]+) = (.*)$", ttgir, re.M))
+    for m in re.finditer(r"shfl\.sync[^\n]*?: tensor<[^,>]*, (#[\w.]+)>", ttgir):
+        lay = layouts.get(m.group(1), "")
+        if "threadsPerWarp = [32, 1]" not in lay and "threadsPerWarp = [32]" not in lay:
+            return False
+    return True
+
+
+def _lane_sum_compiles(grid, args, kw) -> bool:
+    """Whether the backward main kernel, specialised for these arguments, may use the lane
+    shuffles; otherwise it runs the layout-independent channel sums (slower, always right)."""
+    ck = _bwd_main_kernel.warmup(*args, grid=grid, LANE_SUM=True, **kw)
+    ok = _LANE_SUM_OK.get(id(ck))
+    if ok is None:
+        ok = _LANE_SUM_OK[id(ck)] = shuffles_are_row_per_lane(ck.asm["ttgir"])
+        if not ok:
+            warnings.warn("selective scan backward: Triton laid out the dB/dC tiles across lanes for these strides; "
+                          "using the slower layout-independent channel sums (make B and C contiguous with L a "
+                          "multiple of 16 to avoid this)", stacklevel=3)
+    return ok
+
+
+def _state_unroll(N: int) -> int:
+    """States per iteration of the backward main kernel's state loop: two independent chains
+    when N is even (MAMBA_SEQ_SCAN_UNROLL=1 forces one, for benchmarks)."""
+    return 2 if N % 2 == 0 and os.environ.get("MAMBA_SEQ_SCAN_UNROLL", "2") != "1" else 1
+
+
 def _opts(num_warps: int, maxnreg: Optional[int] = None) -> dict:
     """Launch options; MAMBA_SEQ_SCAN_MAXNREG (benchmarks only) overrides the register cap."""
     if maxnreg:
@@ -127,6 +167,16 @@ def _unit_time(x: Optional[Tensor]) -> Optional[Tensor]:
     if x is None or x.stride(-1) == 1 or x.shape[-1] <= 1:
         return x
     return x.contiguous()
+
+
+def _aligned_rows(x: Tensor) -> Tensor:
+    """B or C (b, G, N, L) with every row starting 16 elements apart: Triton then vectorises their
+    loads, which also keeps the backward's dB/dC tiles one row per lane (see
+    `shuffles_are_row_per_lane`). A copy (N*L per batch and group, small) only where needed."""
+    if all(s % 16 == 0 for s in x.stride()[:3]):
+        return x
+    Lp = triton_cdiv(x.shape[-1], 16) * 16
+    return x.new_empty((*x.shape[:3], Lp))[..., : x.shape[-1]].copy_(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,6 +317,8 @@ def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
     bd = _block_d(dpg, block_d)
     dev, f32 = u.device, torch.float32
     dout, u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (dout, u, delta, z, B, C, seq_idx))
+    if dev.type == "cuda":
+        B, C = _aligned_rows(B), _aligned_rows(C)
     A_, D_, bias_, seq_, z_, s_seq = _kernel_operands(u, A, D, delta_bias, seq_idx, z)
     dhT_ = dhT.to(f32).contiguous() if dhT is not None else None
     NP = triton_next_pow2(N)
@@ -297,31 +349,34 @@ def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
     du = torch.empty((batch, dim, L), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, L), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, dim, L), device=dev, dtype=z.dtype) if z is not None else u.new_empty(0)
-    dBp = torch.empty((batch, G, nsuper, N, L), device=dev, dtype=f32)
-    dCp = torch.empty((batch, G, nsuper, N, L), device=dev, dtype=f32)
+    dBCp = torch.empty((2, batch, G, nsuper, N, L), device=dev, dtype=f32)  # dB, dC partial rows
     dAp = torch.empty((batch, nseg_b, dim, N), device=dev, dtype=f32)
     dDp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if D is not None else dAp
     dbp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if delta_bias is not None else dAp
     scratch = torch.empty((batch * nseg_b * G * nsuper, KB, N, bd), device=dev, dtype=f32)
-    # channel sums of dB/dC by lane shuffles: compiled GPU code with one warp of 32 channels
-    lane_sum = dev.type == "cuda" and bd == 32 and num_warps == 1 and os.environ.get("TRITON_INTERPRET") != "1"
+    # channel sums of dB/dC by lane exchanges need one warp of 32 channels; the interpreter
+    # emulates the GPU's shuffles, so the CPU tests run this path too
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    lane_sum = bd == 32 and num_warps == 1 and (dev.type == "cuda" or interpret)
     if L > 0 and batch > 0 and dim > 0:
-        _bwd_main_kernel[(nseg_b, G * nsuper, batch)](
-            dout, u, delta, A_, B, C, D_, z_, bias_, seq_,
-            states, qin, scratch,
-            du, ddelta, dz if z is not None else du, dBp, dCp, dAp, dDp, dbp,
-            L, nchunks, KB, nseg_b, dim, dpg, nsuper, nblk,
-            *_strides3(dout), *_strides3(u), *_strides3(delta), *_strides3(z), *du.stride()[:2],
-            *B.stride()[:3], *C.stride()[:3], dBp.stride(3), s_seq,
-            HAS_D=D is not None, HAS_Z=z is not None, LANE_SUM=lane_sum, **flags,
-            **_opts(num_warps, _MAIN_MAXNREG if dev.type == "cuda" else None),
-        )
+        grid = (nseg_b, G * nsuper, batch)
+        args = (dout, u, delta, A_, B, C, D_, z_, bias_, seq_, states, qin, scratch,
+                du, ddelta, dz if z is not None else du, dBCp, dAp, dDp, dbp,
+                L, nchunks, KB, nseg_b, dim, dpg, nsuper, nblk,
+                *_strides3(dout), *_strides3(u), *_strides3(delta), *_strides3(z), *du.stride()[:2],
+                *B.stride()[:3], *C.stride()[:3], dBCp.stride(0), dBCp.stride(4), s_seq)
+        kw = dict(HAS_D=D is not None, HAS_Z=z is not None, SHFL_ASM=not interpret, UNROLL=_state_unroll(N),
+                  **flags, **_opts(num_warps, _MAIN_MAXNREG if dev.type == "cuda" else None))
+        if lane_sum and not interpret:
+            lane_sum = _lane_sum_compiles(grid, args, kw)
+        _bwd_main_kernel[grid](*args, LANE_SUM=lane_sum, **kw)
     else:
-        for t in (dBp, dCp, dAp, dDp, dbp):
+        for t in (dBCp, dAp, dDp, dbp):
             t.zero_()
+    dBp, dCp = dBCp[0], dBCp[1]
     dA = dAp.sum(dim=(0, 1)).to(A.dtype)
-    dB = (dBp[:, :, 0] if nsuper == 1 else dBp.sum(dim=2)).to(B.dtype)
-    dC = (dCp[:, :, 0] if nsuper == 1 else dCp.sum(dim=2)).to(C.dtype)
+    dB = dBp.sum(dim=2).to(B.dtype)  # a new tensor even at nsuper == 1: dB and dC share dBCp
+    dC = dCp.sum(dim=2).to(C.dtype)
     dD = dDp.sum(dim=(0, 1)).to(D.dtype) if D is not None else u.new_empty(0)
     dbias = dbp.sum(dim=(0, 1)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
     dh0_ = dh0.to(initial_state.dtype) if initial_state is not None else dh0

@@ -164,8 +164,22 @@ def test_optional_inputs(use_D, use_z, use_bias, use_h0, softplus):
 @pytest.mark.parametrize("block_d,chunk_size", [(1, 16), (4, 32), (2, 64)])
 def test_launch_settings(block_d, chunk_size):
     """Every launch setting the config table may pick must be right (incl. BD = 1)."""
-    check_against_oracle(make_inputs(2, 8, 16, 100, groups=2, seed=21), chunk_size=chunk_size,
+    check_against_oracle(make_inputs(1, 4, 8, 70, groups=2, seed=21), chunk_size=chunk_size,
                          block_d=block_d, num_warps=4)
+
+
+@pytest.mark.parametrize(
+    "dim,N,groups,L,dtype,reverse",
+    [(64, 4, 1, 37, torch.float32, False), (64, 3, 2, 37, torch.float32, True),
+     (96, 4, 3, 40, torch.bfloat16, True), (64, 2, 1, 20, torch.bfloat16, False)],
+)
+def test_lane_sum_path(dim, N, groups, L, dtype, reverse):
+    """The GPU's launch setting (32 channels, one warp): dB/dC summed by lane exchanges (emulated
+    under the interpreter), two states per iteration when N is even, with packed sequences and
+    several channel blocks adding into the same partial rows."""
+    inp = make_inputs(1, dim, N, L, groups=groups, dtype=dtype, seed=dim + N)
+    check_against_oracle(inp, seq_idx=packed_seq_idx(1, L), reverse=reverse, chunk_size=16, block_d=32,
+                         num_warps=1)
 
 
 def test_final_state_only_gradient():
@@ -375,6 +389,69 @@ def test_gpu_gradients_bitwise_deterministic():
         grads.append({k: v.grad for k, v in leaves.items() if v.grad is not None})
     for k in grads[0]:
         assert torch.equal(grads[0][k], grads[1][k]), k
+
+
+def test_shuffle_guard_reads_lane_layouts():
+    """The guard that keeps the GPU's lane shuffles off tiles whose rows span several lanes."""
+    from kernels.selective_scan.triton_scan import shuffles_are_row_per_lane
+
+    def ttgir(threads):
+        return (f"#blocked = #ttg.blocked<{{sizePerThread = [1, 2], threadsPerWarp = {threads}, "
+                "warpsPerCTA = [1, 1], order = [1, 0]}>\n"
+                '%v = tt.elementwise_inline_asm "shfl.sync.bfly.b32 $0, $1, 2, 0x1f, 0xffffffff;" '
+                "{constraints = \"=r,r\", packed_element = 1 : i32, pure = true} %s : "
+                "tensor<32x2xf32, #blocked> -> tensor<32x2xf32, #blocked>\n")
+
+    assert shuffles_are_row_per_lane(ttgir("[32, 1]"))
+    assert not shuffles_are_row_per_lane(ttgir("[4, 8]"))
+
+
+COMPILE_BWD_MAIN_SM90 = """
+import inspect, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels.selective_scan.triton_kernels import _bwd_main_kernel
+from kernels.selective_scan.triton_scan import shuffles_are_row_per_lane
+L, Lp = 500, 512
+ints = dict(L=L, nchunks=63, KB=32, nseg_b=2, dim=64, dpg=64, nsuper=2, nblk=2, s_B_b=2 * Lp, s_B_g=2 * Lp,
+            s_B_n=Lp, s_C_b=2 * Lp, s_C_g=2 * Lp, s_C_n=Lp, s_bc_q=4 * L, s_bc_n=L, s_seq_b=0)
+const = dict(HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, HAS_SEQ=False, REVERSE=False, LANE_SUM=True,
+             SHFL_ASM=True, UNROLL=2, BD=32, N=2, NP=2, T=8)
+bf16 = {"dout_ptr", "u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
+sig, attrs = {}, {}
+for j, name in enumerate(inspect.signature(_bwd_main_kernel.fn).parameters):
+    if name in const:
+        sig[name] = "constexpr"
+    elif name.endswith("_ptr"):
+        sig[name] = "*bf16" if name in bf16 else ("*i32" if name == "seq_ptr" else "*fp32")
+        attrs[(j,)] = [["tt.divisibility", 16]]
+    else:
+        v = ints.get(name, 64 * L if name.endswith("_b") else L)  # activations (b, 64, L) contiguous
+        sig[name] = "i32"
+        if v % 16 == 0:
+            attrs[(j,)] = [["tt.divisibility", 16]]
+compiled = triton.compile(ASTSource(_bwd_main_kernel, sig, constexprs=const, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
+print("ROW_PER_LANE", shuffles_are_row_per_lane(compiled.asm["ttgir"]))
+"""
+
+
+def test_padded_bc_rows_keep_the_lane_shuffles():
+    """Compiled for sm_90 (no GPU needed): with B/C rows 16 elements apart, as `_aligned_rows`
+    makes them, Triton lays the dB/dC tiles out one row per lane even when L (the stride of u,
+    delta, dout, z) is odd, so the fast channel sums apply."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", COMPILE_BWD_MAIN_SM90], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    if "ROW_PER_LANE" not in res.stdout and ("nvidia" in res.stderr.lower() or "ptxas" in res.stderr.lower()):
+        pytest.skip(f"no NVIDIA compiler in this Triton: {res.stderr.strip().splitlines()[-1]}")
+    assert "ROW_PER_LANE True" in res.stdout, res.stdout + res.stderr[-3000:]
 
 
 @pytest.mark.parametrize("chunk_size", [12, 4])
