@@ -134,9 +134,9 @@ def _lane_sum_compiles(grid, args, kw) -> bool:
     """Whether the backward main kernel, specialised for these arguments, may use the lane
     shuffles; otherwise it runs the layout-independent channel sums (slower, always right)."""
     ck = _bwd_main_kernel.warmup(*args, grid=grid, LANE_SUM=True, **kw)
-    ok = _LANE_SUM_OK.get(id(ck))
+    ok = _LANE_SUM_OK.get(ck.hash)  # the compilation's hash: an id() could be reused once unloaded
     if ok is None:
-        ok = _LANE_SUM_OK[id(ck)] = shuffles_are_row_per_lane(ck.asm["ttgir"])
+        ok = _LANE_SUM_OK[ck.hash] = shuffles_are_row_per_lane(ck.asm["ttgir"])
         if not ok:
             warnings.warn("selective scan backward: Triton laid out the dB/dC tiles across lanes for these strides; "
                           "using the slower layout-independent channel sums (make B and C contiguous with L a "
