@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv and run the main job (DNA pretraining on the bundled lambda genome)
+#   make demo   set up .venv and run the main job (DNA pretraining on the bundled E. coli genome)
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv

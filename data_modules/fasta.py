@@ -9,6 +9,8 @@ per-process pyfaidx handles.
   written to.
 * Before any of that, one streaming scan checks the whole file and fails with a message naming the
   file, record and line. Its per-record stats are cached, so a large genome is scanned once.
+* `n_runs()` finds the runs of N (gaps) by reading the records in chunks through the index, once;
+  the runs are cached too.
 
 Cache: `cache_dir`, else $MAMBA_SEQ_CACHE, else ~/.cache/mamba_seq; one folder per source file,
 keyed on its absolute path, size and mtime, so a changed file is scanned and converted again.
@@ -28,6 +30,8 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 _BASES = b"ACGTNacgtn"
@@ -35,6 +39,8 @@ _IUPAC = b"RYSWKMBDHVryswkmbdhv"
 _VALID = _BASES + _IUPAC
 _LOWER = b"acgtnryswkmbdhv"
 _SCAN_VERSION = 2
+_N_RUNS_VERSION = 1
+_N_LIKE = re.compile("[NnRYSWKMBDHVryswkmbdhv]+")  # what the tokenizer reads as N
 # the empty block that ends every BGZF file (SAM spec 4.1.2); pyfaidx refuses a file without it
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
@@ -241,6 +247,7 @@ class FastaFile:
         self.cache.mkdir(parents=True, exist_ok=True)
         self._handle = None
         self._pid = None
+        self._n_runs: dict[str, np.ndarray] | None = None
         with _locked(self.cache / ".lock"):
             self.records = {r.name: r for r in self._scan(self.cache / "scan.json")}
             self.path = self._indexable_path()
@@ -351,6 +358,51 @@ class FastaFile:
             with _locked(self.cache / ".lock"):
                 _atomic_write(cached, lambda p: p.write_text(json.dumps(table)))
         return [dict(table[f"{n}:{s}-{e}"]) for n, s, e in regions]
+
+    def n_runs(self, chunk: int = 1 << 22) -> dict[str, np.ndarray]:
+        """{record: (R, 2) int64 [start, end)}: the maximal runs of bases the tokenizer reads as N
+        (N and the IUPAC ambiguity codes, either case), sorted. Read from the file in chunks of
+        `chunk` bases (never a whole record at once) and cached beside the scan, so a 3 Gb genome is
+        read once; later calls, and other processes, load the cache."""
+        if self._n_runs is not None:
+            return self._n_runs
+        cached = self.cache / "n_runs.npz"
+        runs = None
+        if cached.is_file():
+            try:
+                with np.load(cached) as data:
+                    if int(data["version"]) == _N_RUNS_VERSION and int(data["n_records"]) == len(self.records):
+                        runs = {name: data[f"r{i}"] for i, name in enumerate(self.records)}
+            except (OSError, ValueError, KeyError):
+                runs = None  # unreadable cache entry: scan again
+        if runs is None:
+            runs = {name: self._scan_n_runs(name, rec.length, chunk) for name, rec in self.records.items()}
+            arrays = {f"r{i}": a for i, a in enumerate(runs.values())}
+
+            def write(tmp: Path):
+                with open(tmp, "wb") as fh:  # a file object: np.savez would append '.npz' to a path
+                    np.savez(fh, version=_N_RUNS_VERSION, n_records=len(runs), **arrays)
+
+            with _locked(self.cache / ".lock"):
+                _atomic_write(cached, write)
+            log.info("%s: %d runs of N (%d bases) in %d records, cached in %s", self.source,
+                     sum(len(a) for a in runs.values()), sum(int((a[:, 1] - a[:, 0]).sum()) for a in runs.values()),
+                     len(runs), cached)
+        self._n_runs = runs
+        return runs
+
+    def _scan_n_runs(self, name: str, length: int, chunk: int) -> np.ndarray:
+        if self.records[name].n_count + self.records[name].iupac_to_n == 0:
+            return np.zeros((0, 2), dtype=np.int64)  # the validation scan counted none: nothing to read
+        runs: list[list[int]] = []
+        for s in range(0, length, chunk):
+            for m in _N_LIKE.finditer(self.fetch(name, s, min(length, s + chunk))):
+                a, b = s + m.start(), s + m.end()
+                if runs and runs[-1][1] == a:  # a run cut by the chunk boundary
+                    runs[-1][1] = b
+                else:
+                    runs.append([a, b])
+        return np.asarray(runs, dtype=np.int64).reshape(-1, 2)
 
     def close(self):
         if self._handle is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mamba_seq.cli import main
+from mamba_seq.cli import compose, main
 
 TINY = ["model.d_model=16", "model.n_layer=2", "model.d_state=4", "data.seq_len=128", "data.batch_size=4"]
 
@@ -93,6 +93,24 @@ def test_console_script_runs_from_another_directory(tmp_path):
         pytest.skip("mamba-seq console script not installed in this environment")
     res = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "dna_pretrain" in res.stdout
+
+
+def test_dna_pretrain_fits_on_the_bundled_ecoli_genome_with_seq_len_warmup(tmp_path):
+    """The default experiment trains on the bundled E. coli genome (plain gzip, converted into the
+    cache) with its end held out; callbacks=seq_len_warmup doubles the training length mid-run."""
+    cfg = compose([])
+    assert cfg.run_name == "dna_pretrain" and Path(cfg.data.fasta).name == "ecoli_k12_mg1655_GCF_000005845.2.fna.gz"
+    assert cfg.data.split == "region" and 0 < cfg.data.val_fraction < 0.5 and 0 < cfg.data.test_fraction < 0.5
+    run_dir = tmp_path / "ecoli"
+    assert run_cli(
+        "fit", *TINY, f"data.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={run_dir}", "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "trainer.limit_val_batches=3", "trainer.log_every_n_steps=1",
+        "callbacks=seq_len_warmup", "callbacks.seq_len_warmup.min_seq_len=64", "callbacks.seq_len_warmup.steps_per_stage=1",
+    ) == 0
+    rows = metrics_rows(run_dir)
+    assert [float(r["train/seq_len"]) for r in rows if r.get("train/seq_len")] == [64.0, 128.0]
+    assert 0.5 < last_value(rows, "val/bpb") < 4.0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

@@ -125,8 +125,16 @@ def test_contig_split_on_celegans(shared_data, tmp_path):
 
 
 def test_unknown_contig_lists_the_available_ones(shared_data, tmp_path):
-    with pytest.raises(ValueError, match=r"no contig named \['chrII'\].*'II'"):
-        make(shared_data / "genomes" / "C.elegans_first1pct.fa.gz", tmp_path, split="contig", val_contigs=["chrII"])
+    with pytest.raises(ValueError, match=r"data.val_contigs: no record 'chr2' in .*C.elegans.*'I', 'II'"):
+        make(shared_data / "genomes" / "C.elegans_first1pct.fa.gz", tmp_path, split="contig", val_contigs=["chr2"])
+
+
+def test_a_chr_prefixed_contig_name_is_read_as_the_record_and_logged(shared_data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="data_modules"):
+        dm = make(shared_data / "genomes" / "C.elegans_first1pct.fa.gz", tmp_path, split="contig",
+                  val_contigs=["chrII"], seq_len=1023)
+    assert [iv.contig for iv in dm.intervals["val"]] == ["II"]
+    assert any("contig 'chrII' read as record 'II'" in r.message for r in caplog.records)
 
 
 def same_batches(xs, ys):
@@ -212,7 +220,8 @@ def test_setup_logs_per_split_counts(tmp_path, caplog):
     seq = "ACGT" * 200 + "acgtRN" * 50 + "ACGT" * 25 + "yyNN" * 25  # 1300 bases; the held-out 10% + 10% at the end
     path.write_text(">s\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n")
     with caplog.at_level(logging.INFO, logger="data_modules"):
-        make(path, tmp_path, seq_len=63, val_fraction=0.1, test_fraction=0.1)
+        # max_n_run=None: the 100 N-like bases at the end would otherwise be cut out as a gap
+        make(path, tmp_path, seq_len=63, val_fraction=0.1, test_fraction=0.1, max_n_run=None)
     lines = {r.message.split(" split:")[0]: r.message for r in caplog.records if " split:" in r.message}
     val, test = seq[1040:1170], seq[1170:1300]  # 130 bases each at the end of the contig
 
@@ -250,6 +259,24 @@ def test_bad_character_inside_a_window_names_file_record_and_position(tmp_path):
     dm.fasta._handle = None
     with pytest.raises(ValueError, match=r"g.fa, record 'g'.*'7' at position 100"):
         dm.train_set.example("g", 80, False)
+
+
+def test_windows_of_a_million_bases_read_from_disk(shared_data, tmp_path):
+    fa = shared_data / "genomes" / "ecoli_k12_mg1655_GCF_000005845.2.fna.gz"  # 4.6 Mb, plain gzip
+    dm = make(fa, tmp_path, seq_len=2**20, batch_size=1, val_fraction=0.25, test_fraction=0.25)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        b = next(iter(loader))
+        assert b["input_ids"].shape == (1, 2**20)
+        start = int(b["start"][0])
+        window = dm.tokenizer.decode(torch.cat([b["input_ids"][0], b["labels"][0, -1:]]))
+        if int(b["strand"][0]) == -1:
+            window = window.translate(RC)[::-1]
+        assert window == dm.fasta.fetch("NC_000913.3", start, start + 2**20 + 1)
+
+
+def test_val_contigs_with_a_region_split_is_an_error(lambda_fa):
+    with pytest.raises(ValueError, match="hold out whole contigs with data.split=contig or bed"):
+        FastaDataModule(str(lambda_fa), val_contigs=["x"])
 
 
 def test_interval_length():
