@@ -4,8 +4,9 @@ from .bidirectional import BiMambaMixer
 from .config import MambaConfig
 from .mixer import MambaMixer
 from .model import MambaBackbone, MambaBlock, MambaLMHeadModel, RMSNorm, no_weight_decay_param_names
+from .rc_equivariant import RCEmbedding, RCLMHead, reverse_complement_hidden, reverse_complement_ids
 
 __all__ = [
     "BiMambaMixer", "MambaConfig", "MambaMixer", "MambaBackbone", "MambaBlock", "MambaLMHeadModel", "RMSNorm",
-    "no_weight_decay_param_names",
+    "no_weight_decay_param_names", "RCEmbedding", "RCLMHead", "reverse_complement_hidden", "reverse_complement_ids",
 ]

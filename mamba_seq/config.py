@@ -28,6 +28,13 @@ class MambaConfig:
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
     bidirectional: bool = False  # BiMamba mixers (forward + reverse scan, tied in/out projections)
+    # Reverse-complement parameter sharing (Caduceus-PS): the two halves of d_model are the two
+    # strands, each run through the same weights; see rc_equivariant.py. Needs an even d_model.
+    rc_equivariant: bool = False
+    # complement_map[token_id] = id of its complement (an involution over vocab_size ids, e.g.
+    # A<->T, C<->G, specials to themselves). Required when rc_equivariant; the model layer takes
+    # it as data so it never depends on a tokenizer.
+    complement_map: list[int] | None = None
 
     def __post_init__(self):
         if self.dt_rank == "auto":
@@ -38,6 +45,28 @@ class MambaConfig:
                 raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.complement_map is not None:
+            self.complement_map = [int(i) for i in self.complement_map]  # a ListConfig or tuple -> plain data
+            self._check_complement_map()
+        if self.rc_equivariant:
+            if self.d_model % 2:
+                raise ValueError(f"MambaConfig.rc_equivariant splits d_model into two strands of d_model/2 "
+                                 f"channels: d_model must be even, got {self.d_model}")
+            if self.complement_map is None:
+                raise ValueError("MambaConfig.rc_equivariant needs complement_map (token id -> id of its "
+                                 "complement), e.g. the DNA tokenizer's [0, 1, 2, 3, 4, 8, 7, 6, 5, 9] "
+                                 "(configs/model/caduceus_small.yaml sets it)")
+
+    def _check_complement_map(self):
+        cmap, n = self.complement_map, self.vocab_size
+        if len(cmap) != n:
+            raise ValueError(f"MambaConfig.complement_map has {len(cmap)} entries for vocab_size {n}")
+        bad = [i for i, c in enumerate(cmap) if not 0 <= c < n or cmap[c] != i]
+        if bad:
+            raise ValueError(
+                f"MambaConfig.complement_map must map every id in [0, {n}) to an id whose complement is "
+                f"the id again (an involution); it fails at ids {bad}: {cmap}"
+            )
 
     @property
     def d_inner(self) -> int:

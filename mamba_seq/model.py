@@ -4,6 +4,9 @@
 
 Pre-norm blocks carry the residual stream separately (as mamba_ssm does), so the sum of
 residuals is kept in fp32 even when the blocks run in bf16.
+
+With config.rc_equivariant the same blocks, of width d_model/2, run on both strands at once
+(rc_equivariant.py): embedding -> strand layout -> blocks -> norm_f -> back -> RC LM head.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn as nn
 from .config import MambaConfig
 from .bidirectional import BiMambaMixer
 from .mixer import MambaMixer
+from .rc_equivariant import RCEmbedding, RCLMHead, check_right_padded, from_strands, strand_config, to_strands
 
 
 class RMSNorm(nn.Module):
@@ -52,32 +56,54 @@ class MambaBlock(nn.Module):
 
 
 class MambaBackbone(nn.Module):
+    """Token ids -> final-norm hidden states (batch, L, d_model).
+
+    RC-equivariant (config.rc_equivariant): hidden states [a | b] carry one strand per half; the
+    blocks are those of a d_model/2 model, applied with shared weights to the forward strand and
+    to the reverse complement (stacked along the batch), so backbone(rc(x)) = rc(backbone(x))."""
+
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
-        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.rc_equivariant = config.rc_equivariant
+        if config.rc_equivariant:
+            layer_config = strand_config(config)
+            self.embedding = RCEmbedding(config.padded_vocab_size, config.d_model, config.complement_map)
+        else:
+            layer_config = config
+            self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(MambaBlock(layer_config, i) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(layer_config.d_model, eps=config.norm_eps)
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: (batch, L) int64; mask: (batch, L) bool, True at real tokens (only a
-        # bidirectional backbone needs it: a causal one never looks right of a position)
-        # -> hidden states (batch, L, d_model)
-        hidden, residual = self.embedding(input_ids), None
+        # bidirectional backbone needs it: a causal one never looks right of a position; an
+        # RC-equivariant one needs it right-padded) -> hidden states (batch, L, d_model)
+        hidden, residual, lengths = self.embedding(input_ids), None, None
+        if self.rc_equivariant:
+            if mask is not None:
+                lengths = check_right_padded(mask)
+            hidden = to_strands(hidden, lengths)  # (2 batch, L, d_model/2); both strands right-padded
+            mask = None if mask is None else torch.cat([mask, mask])
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, mask)
         residual = hidden if residual is None else residual + hidden
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return from_strands(out, lengths) if self.rc_equivariant else out
 
 
 class MambaLMHeadModel(nn.Module):
-    """Backbone plus a linear head over the (padded) vocabulary, tied to the embedding by default."""
+    """Backbone plus a linear head over the (padded) vocabulary, tied to the embedding by default.
+    RC-equivariant models get RCLMHead: logits(rc(x))[t] = logits(x)[L-1-t][complement]."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = config
         self.backbone = MambaBackbone(config)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        if config.rc_equivariant:
+            self.lm_head = RCLMHead(config.d_model, config.padded_vocab_size, config.complement_map)
+        else:
+            self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
         self.apply(self._init_weights)
@@ -97,9 +123,10 @@ class MambaLMHeadModel(nn.Module):
             with torch.no_grad():
                 w /= math.sqrt(c.n_layer)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids: (batch, L) -> logits (batch, L, padded_vocab_size)
-        return self.lm_head(self.backbone(input_ids))
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # input_ids: (batch, L); mask: (batch, L) bool or None (see MambaBackbone)
+        # -> logits (batch, L, padded_vocab_size)
+        return self.lm_head(self.backbone(input_ids, mask))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,6 +1,7 @@
 """LightningModules: the glue between a backbone and a data module, one per training objective."""
 
 from .causal_lm import CausalLMTask
+from .masked_lm import MaskedLMTask
 from .sequence_classification import SequenceClassificationTask
 
-__all__ = ["CausalLMTask", "SequenceClassificationTask"]
+__all__ = ["CausalLMTask", "MaskedLMTask", "SequenceClassificationTask"]

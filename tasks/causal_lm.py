@@ -68,9 +68,12 @@ class CausalLMTask(pl.LightningModule):
     ):
         super().__init__()
         config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
-        if config.bidirectional:
-            raise ValueError("a bidirectional backbone sees the next base: causal-LM pretraining needs "
-                             "model.bidirectional=false")
+        if config.bidirectional or config.rc_equivariant:
+            # an RC-equivariant model's reverse strand reads every position from the right, so
+            # position t has seen x[t+1], the label (tests/mamba_seq/test_rc_equivariant.py)
+            raise ValueError("a bidirectional or RC-equivariant backbone sees the next base: causal-LM "
+                             "pretraining needs model.bidirectional=false and model.rc_equivariant=false "
+                             "(pretrain those with task=masked_lm)")
         # hyper-parameters are stored as plain data so checkpoints load without unpickling classes
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()

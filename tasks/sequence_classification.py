@@ -44,7 +44,8 @@ def load_pretrained_backbone(backbone: MambaBackbone, path: str | Path) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     theirs = MambaConfig.from_dict(ckpt["hyper_parameters"]["model"])
     ours = backbone.config
-    keys = ("d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "vocab_size")
+    keys = ("d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "vocab_size", "bidirectional",
+            "rc_equivariant")
     diff = {k: (getattr(theirs, k), getattr(ours, k)) for k in keys if getattr(theirs, k) != getattr(ours, k)}
     if diff:
         raise ValueError(

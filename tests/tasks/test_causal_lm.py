@@ -49,3 +49,15 @@ def test_hparams_are_plain_data():
     task = CausalLMTask({"d_model": 16, "n_layer": 1, "vocab_size": 10})
     assert isinstance(task.hparams["model"], dict)
     assert task.hparams["model"]["d_model"] == 16
+
+
+def test_backbones_that_see_the_next_base_are_refused():
+    """Bidirectional and RC-equivariant backbones read position t+1 (the label) at t."""
+    import pytest
+
+    from data_modules.tokenizers import DNATokenizer
+
+    cmap = DNATokenizer()._complement.tolist()
+    for extra in ({"bidirectional": True}, {"rc_equivariant": True, "complement_map": cmap}):
+        with pytest.raises(ValueError, match="task=masked_lm"):
+            CausalLMTask({"d_model": 16, "n_layer": 1, "vocab_size": 10, **extra})
