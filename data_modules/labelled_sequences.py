@@ -1,4 +1,10 @@
-"""LabelledSequenceDataModule: DNA sequences with class labels from a CSV/TSV table.
+"""LabelledSequenceDataModule: DNA sequences with class labels, from a CSV/TSV table
+(`sequence,label[,id][,split]`) or from a FASTA file plus a label table (`id,label[,split]`).
+
+FASTA plus labels: `fasta=` names the sequences, `path=` the table; an id is a FASTA record name
+(the header's first word, as pyfaidx and samtools read it). An id missing from the FASTA or given
+twice is an error naming the table's line (and a close record name, if there is one); FASTA records
+that the table doesn't label are left out, counted and logged.
 
 Variable lengths are batched with right padding and a boolean mask, so pooling can skip padding.
 Splits, when the file has none:
@@ -11,6 +17,7 @@ A `split_column` holding train/val/test is used as it is.
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .fasta import open_fasta
 from .tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
@@ -28,9 +36,10 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 _RC = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
 
-def read_table(path: Path, sequence_column: str, label_column: str, id_column: str | None,
+def read_table(path: Path, sequence_column: str | None, label_column: str, id_column: str | None,
                split_column: str | None, where: dict | None):
-    """-> list of (id, sequence, label string, split or None, 1-based line); errors name file and line."""
+    """-> list of (id, sequence, label string, split or None, 1-based line); errors name file and line.
+    sequence_column None: a label table for a FASTA file (sequence None, the id column required)."""
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab", ".txt") else ","
     rows = []
     with open(path, newline="") as f:
@@ -43,14 +52,15 @@ def read_table(path: Path, sequence_column: str, label_column: str, id_column: s
             line = reader.line_num
             if where and any(row[k] != str(v) for k, v in where.items()):
                 continue
-            seq, label = (row[sequence_column] or "").strip(), (row[label_column] or "").strip()
-            if not seq:
+            seq = (row[sequence_column] or "").strip() if sequence_column else None
+            label = (row[label_column] or "").strip()
+            if sequence_column and not seq:
                 raise ValueError(f"{path}, line {line}: empty sequence; fill it or remove the row")
             if not label:
                 raise ValueError(f"{path}, line {line}: empty label; fill it or remove the row")
             split = None
             if split_column is not None:
-                split = SPLIT_NAMES.get(row[split_column].strip().lower())
+                split = SPLIT_NAMES.get((row[split_column] or "").strip().lower())
                 if split is None:
                     raise ValueError(f"{path}, line {line}: split {row[split_column]!r} is not one of train/val/test")
             ident = row[id_column] if id_column else str(len(rows))
@@ -58,6 +68,53 @@ def read_table(path: Path, sequence_column: str, label_column: str, id_column: s
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" matching {where}" if where else ""))
     return rows
+
+
+def _close_record_name(ident: str, names: list[str]) -> str | None:
+    """The FASTA record name the user most likely meant by `ident`, or None."""
+    first_word = ident.split()[0] if ident.split() else ident
+    if first_word != ident and first_word in names:
+        return first_word  # the table holds the whole header; records are named by its first word
+    folded = {n.lower(): n for n in names}
+    if ident.lower() in folded:
+        return folded[ident.lower()]
+    close = difflib.get_close_matches(ident, names, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def sequences_from_fasta(rows: list, table: Path, fasta_path: Path, cache_dir: str | None,
+                         where: dict | None = None) -> tuple[list, list[str]]:
+    """Label-table rows (id, None, label, split, line) -> the same rows with the FASTA record's
+    sequence, and a `where` string per row for tokenizer errors. Ids must be unique and all in the
+    FASTA; FASTA records without a row are counted and logged, never an error."""
+    rows = [(ident.strip(), *rest) for ident, *rest in rows]
+    first_line: dict[str, int] = {}
+    for ident, _, _, _, line in rows:
+        if not ident.strip():
+            raise ValueError(f"{table}, line {line}: empty id; give the FASTA record name or remove the row")
+        if ident in first_line:
+            raise ValueError(f"{table}, line {line}: id {ident!r} is already on line {first_line[ident]}; each "
+                             "FASTA record takes one label: remove one of the rows")
+        first_line[ident] = line
+    fasta = open_fasta(fasta_path, cache_dir)
+    lengths = fasta.lengths
+    missing = [(ident, line) for ident, _, _, _, line in rows if ident not in lengths]
+    if missing:
+        ident, line = missing[0]
+        close = _close_record_name(ident, list(lengths))
+        hint = f"; did you mean {close!r}?" if close else ""
+        raise ValueError(f"{table}, line {line}: id {ident!r} is not a record of {fasta_path}{hint} "
+                         f"({len(missing)} of {len(rows)} ids are missing; ids are matched against the first word "
+                         "of each FASTA header): fix the id or remove the row")
+    unlabelled = [name for name in lengths if name not in first_line]
+    if unlabelled:
+        log.warning("%s: %d of %d records have no row in %s%s and are left out (e.g. %s)", fasta_path,
+                    len(unlabelled), len(lengths), table, f" matching {where}" if where else "", unlabelled[:5])
+    with_sequences = [(ident, fasta.fetch(ident, 0, lengths[ident]), label, split, line)
+                      for ident, _, label, split, line in rows]
+    fasta.close()
+    places = [f"{fasta_path}, record {ident!r} (labelled on {table}, line {line})" for ident, *_, line in rows]
+    return with_sequences, places
 
 
 def kmer_groups(seqs: list[str], k: int) -> np.ndarray:
@@ -149,6 +206,8 @@ class LabelledSequenceDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        fasta: str | None = None,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         if split not in ("stratified", "grouped", "column"):
@@ -156,6 +215,11 @@ class LabelledSequenceDataModule(pl.LightningDataModule):
         if split == "column" and not split_column:
             raise ValueError("data.split=column needs data.split_column")
         self.path = Path(path).expanduser()
+        # FASTA mode: `path` is the label table, sequences come from the FASTA by id (column "id" by default)
+        self.fasta = Path(fasta).expanduser() if fasta else None
+        self.cache_dir = cache_dir
+        if self.fasta is not None:
+            sequence_column, id_column = None, id_column or "id"
         self.columns = (sequence_column, label_column, id_column, split_column)
         self.where = dict(where) if where else None
         self.split, self.val_fraction, self.test_fraction, self.group_kmer = split, val_fraction, test_fraction, group_kmer
@@ -177,11 +241,16 @@ class LabelledSequenceDataModule(pl.LightningDataModule):
         if self.sets:
             return
         if not self.path.is_file():
-            raise ValueError(f"labelled sequence table not found: {self.path}")
+            what = "label table" if self.fasta else "labelled sequence table"
+            raise ValueError(f"{what} not found: {self.path}")
         seq_col, label_col, id_col, split_col = self.columns
         rows = read_table(self.path, seq_col, label_col, id_col, split_col if self.split == "column" else None, self.where)
+        if self.fasta is not None:
+            rows, places = sequences_from_fasta(rows, self.path, self.fasta, self.cache_dir, self.where)
+        else:
+            places = [f"{self.path}, line {r[4]}" for r in rows]
         ids = [r[0] for r in rows]
-        toks = [self.tokenizer.encode(r[1], where=f"{self.path}, line {r[4]}") for r in rows]
+        toks = [self.tokenizer.encode(r[1], where=place) for r, place in zip(rows, places)]
         raw_labels = [r[2] for r in rows]
         try:
             names = sorted(set(raw_labels), key=int)

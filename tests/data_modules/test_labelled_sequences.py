@@ -1,3 +1,4 @@
+import csv
 import itertools
 
 import numpy as np
@@ -94,3 +95,65 @@ def test_bad_rows_name_file_and_line(tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as err:
         LabelledSequenceDataModule(str(f)).setup()
     assert "bad.csv" in str(err.value)
+
+
+# -- FASTA plus a label table ---------------------------------------------------------------
+def test_fasta_with_label_table_reads_the_records_sequences(shared_data, tmp_path, caplog):
+    """Real multi-line FASTA (Ecoli_prom.fa): each labelled record's sequence equals the CSV's
+    copy of it; records the table leaves out are counted in the log, not an error."""
+    folder = shared_data / "sequence_classification" / "promoters_umarov2016"
+    with open(folder / "promoters_ecoli_bsubtilis.csv", newline="") as f:
+        csv_seq = {r["fasta_header"]: r["sequence"] for r in csv.DictReader(f) if r["source_file"] == "Ecoli_prom.fa"}
+    ids = sorted(csv_seq)[:800]  # 39 of the 839 records stay unlabelled
+    table = tmp_path / "labels.tsv"
+    # a real, label-like property of each record: the strand its header names
+    table.write_text("id\tlabel\n" + "".join(f"{i}\t{int('__forward__' in i)}\n" for i in ids))
+    dm = LabelledSequenceDataModule(str(table), fasta=str(folder / "Ecoli_prom.fa"), cache_dir=str(tmp_path / "cache"),
+                                    split="stratified")
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert "39 of 839 records have no row" in caplog.text
+    seen = []
+    for part in dm.sets.values():
+        for ident, toks, label in zip(part.ids, part.token_ids, part.labels):
+            assert dm.tokenizer.decode(toks) == csv_seq[ident]
+            assert label == int("__forward__" in ident)
+            seen.append(ident)
+    assert sorted(seen) == ids
+
+
+def write_fasta(path, records):
+    path.write_text("".join(f">{name} some description\n{seq}\n" for name, seq in records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "table,match",
+    [
+        ("id,label\nseq_1,0\nseq_2,1\nseq_3,0\n", r"labels.csv, line 4: id 'seq_3' is not a record of .*"
+                                                  r"did you mean 'Seq_3'\?.*1 of 3 ids are missing"),
+        ("id,label\nseq_1 some description,0\n", r"line 2: id 'seq_1 some description'.*did you mean 'seq_1'"),
+        ("id,label\nseq_1,0\nseq_2,1\nseq_1,1\n", r"labels.csv, line 4: id 'seq_1' is already on line 2"),
+        ("id,label\nseq_1,0\n,1\n", r"labels.csv, line 3: empty id"),
+        ("name,label\nseq_1,0\n", r"labels.csv: no column 'id'"),
+    ],
+)
+def test_label_table_errors_name_file_line_and_id(tmp_path, table, match):
+    fasta = write_fasta(tmp_path / "s.fa", [("seq_1", "ACGTACGT"), ("seq_2", "ACCA"), ("Seq_3", "GGGT")])
+    (tmp_path / "labels.csv").write_text(table)
+    dm = LabelledSequenceDataModule(str(tmp_path / "labels.csv"), fasta=str(fasta), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=match):
+        dm.setup()
+
+
+def test_fasta_labels_with_a_split_column(tmp_path):
+    records = [(f"r{i}", "ACGT" * (i + 1)) for i in range(6)]
+    fasta = write_fasta(tmp_path / "s.fa", records)
+    table = tmp_path / "labels.tsv"
+    folds = ["train", "train", "val", "val", "test", "test"]
+    table.write_text("id\tlabel\tfold\n" + "".join(f"r{i}\t{i % 2}\t{folds[i]}\n" for i in range(6)))
+    dm = LabelledSequenceDataModule(str(table), fasta=str(fasta), cache_dir=str(tmp_path / "cache"), split="column",
+                                    split_column="fold")
+    dm.setup()
+    assert {p: dm.sets[p].ids for p in dm.sets} == {"train": ["r0", "r1"], "val": ["r2", "r3"], "test": ["r4", "r5"]}
+    assert dm.tokenizer.decode(dm.sets["test"].token_ids[1]) == "ACGT" * 6
