@@ -98,7 +98,10 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
 
     from tasks.prediction_writer import TSVPredictionWriter
 
-    if subcommand != "fit":  # fail before anything is written
+    trains = getattr(get_class(cfg.task._target_), "trains", True)  # False: a zero-shot task, built from its config
+    if subcommand == "fit" and not trains:
+        raise SystemExit(f"mamba-seq fit: {cfg.task._target_} trains nothing; run `mamba-seq test` or `predict`")
+    if subcommand != "fit" and trains:  # fail before anything is written
         if not cfg.ckpt_path:
             raise SystemExit(f"mamba-seq {subcommand}: give the checkpoint to load: ckpt_path=PATH")
         if not Path(cfg.ckpt_path).is_file():
@@ -133,12 +136,15 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
         task = instantiate(cfg.task, _convert_="all")
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     else:
-        ckpt = Path(cfg.ckpt_path)
-        task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        if trains:
+            ckpt = Path(cfg.ckpt_path)
+            task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        else:
+            task = instantiate(cfg.task, _convert_="all")
         ckpt_vocab = task.hparams["model"]["vocab_size"]
         if ckpt_vocab != vocab:
             raise SystemExit(
-                f"mamba-seq {subcommand}: checkpoint {ckpt} has vocab_size {ckpt_vocab}, the data's tokenizer {vocab}"
+                f"mamba-seq {subcommand}: the checkpoint's model has vocab_size {ckpt_vocab}, the data's tokenizer {vocab}"
             )
         getattr(trainer, subcommand)(task, datamodule=datamodule)
     elapsed = time.perf_counter() - start

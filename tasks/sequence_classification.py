@@ -58,6 +58,25 @@ def load_pretrained_backbone(backbone: MambaBackbone, path: str | Path) -> None:
     backbone.load_state_dict(state, strict=True)
 
 
+def fine_tuning_backbone(model: MambaConfig | dict, pretrained: str | None, freeze: bool) -> MambaBackbone:
+    """The backbone of a fine-tuning task: from `pretrained` (a `mamba-seq fit` checkpoint) when
+    given, frozen when asked."""
+    config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
+    backbone = MambaBackbone(config)
+    if pretrained:
+        load_pretrained_backbone(backbone, pretrained)
+    if freeze:
+        backbone.requires_grad_(False)
+    return backbone
+
+
+def backbone_and_head_optimizers(task: pl.LightningModule) -> dict:
+    """AdamW + warm-up/cosine over the task's backbone and head (a frozen backbone left out)."""
+    modules = [m for m in (task.backbone, task.head) if any(p.requires_grad for p in m.parameters())]
+    groups = [g for m in modules for g in adamw_param_groups(m, task.hparams.weight_decay)]
+    return adamw_warmup_cosine(groups, task.hparams, task.trainer.estimated_stepping_batches)
+
+
 class SequenceClassificationTask(pl.LightningModule):
     def __init__(
         self,
@@ -81,15 +100,11 @@ class SequenceClassificationTask(pl.LightningModule):
             raise ValueError(f"need at least 2 classes, got {num_classes}")
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
-        config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
+        self.backbone = fine_tuning_backbone(model, pretrained, freeze_backbone)
+        config = self.backbone.config
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()
         self.hparams["betas"] = [float(b) for b in betas]
-        self.backbone = MambaBackbone(config)
-        if pretrained:
-            load_pretrained_backbone(self.backbone, pretrained)
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(config.d_model, num_classes))
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
@@ -143,6 +158,4 @@ class SequenceClassificationTask(pl.LightningModule):
         return out
 
     def configure_optimizers(self):
-        modules = [m for m in (self.backbone, self.head) if any(p.requires_grad for p in m.parameters())]
-        groups = [g for m in modules for g in adamw_param_groups(m, self.hparams.weight_decay)]
-        return adamw_warmup_cosine(groups, self.hparams, self.trainer.estimated_stepping_batches)
+        return backbone_and_head_optimizers(self)

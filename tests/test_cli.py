@@ -146,3 +146,42 @@ def test_promoter_classification_experiment_runs_and_predicts(tmp_path):
         preds = list(csv.DictReader(f, delimiter="\t"))
     assert len(preds) > 300 and set(preds[0]) == {"id", "label", "predicted", "p_0", "p_1"}
     assert all(abs(float(p["p_0"]) + float(p["p_1"]) - 1) < 1e-4 for p in preds)
+
+
+def test_brca1_variants_fine_tuned_from_an_lm_and_zero_shot(tmp_path):
+    """The variant experiments end to end: an LM on the BRCA1 locus, then (1) fine-tuning from
+    its backbone (fit, test, per-variant predictions; the loading itself is checked in
+    tests/tasks/test_variant_effect.py) and (2) zero-shot LLR scores (test, predict)."""
+    tiny = ["model.d_model=16", "model.n_layer=1", "model.d_state=4", f"data.cache_dir={tmp_path / 'cache'}"]
+    lm_dir = tmp_path / "lm"
+    assert run_cli("fit", *tiny, "data.fasta=${asset:ref_brca1.fa}", "data.seq_len=64", "data.val_fraction=0.05",
+                   "data.test_fraction=0.05", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                   f"paths.output_dir={lm_dir}") == 0
+    lm_ckpt = lm_dir / "checkpoints" / "last.ckpt"
+    small = tiny + ["data.window=32", "data.batch_size=64", "trainer.limit_val_batches=2", "+trainer.limit_test_batches=3",
+                    "+trainer.limit_predict_batches=2"]
+
+    ft_dir = tmp_path / "ft"
+    assert run_cli("fit", "experiment=brca1_variants", *small, f"task.pretrained={lm_ckpt}", "trainer.max_steps=2",
+                   "trainer.val_check_interval=2", f"paths.output_dir={ft_dir}") == 0
+    ft_ckpt = ft_dir / "checkpoints" / "last.ckpt"
+    assert run_cli("test", "experiment=brca1_variants", *small, f"ckpt_path={ft_ckpt}",
+                   f"paths.output_dir={tmp_path / 'ft_test'}") == 0
+    assert 0.0 <= last_value(metrics_rows(tmp_path / "ft_test"), "test/all/auroc") <= 1.0
+    assert run_cli("predict", "experiment=brca1_variants", *small, f"ckpt_path={ft_ckpt}",
+                   f"paths.output_dir={tmp_path / 'ft_pred'}") == 0
+    with open(tmp_path / "ft_pred" / "predictions.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 128 and set(rows[0]) >= {"id", "chrom", "pos", "ref", "alt", "kind", "region", "label", "score"}
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+
+    zs = ["experiment=brca1_variants_zero_shot", *small, f"task.lm_checkpoint={lm_ckpt}"]
+    with pytest.raises(SystemExit, match="trains nothing"):
+        run_cli("fit", *zs, f"paths.output_dir={tmp_path / 'zs_fit'}")
+    assert run_cli("test", *zs, f"paths.output_dir={tmp_path / 'zs_test'}") == 0
+    assert 0.0 <= last_value(metrics_rows(tmp_path / "zs_test"), "test/SNV/auroc") <= 1.0
+    assert run_cli("predict", *zs, f"paths.output_dir={tmp_path / 'zs_pred'}") == 0
+    with open(tmp_path / "zs_pred" / "predictions.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 128 and all(math.isclose(float(r["score"]), -float(r["llr"]), rel_tol=1e-5, abs_tol=1e-5)
+                                    for r in rows)

@@ -88,3 +88,24 @@ def test_brca1_zero_shot_scores_run_end_to_end(shared_data, tmp_path):
     m = variant_metrics(-llr, torch.tensor([w.variant.label for w in windows]), [w.variant.kind for w in windows])
     assert m["all/n"] == len(windows) == m.get("SNV/n", 0) + m.get("MNV/n", 0) + m.get("indel/n", 0)
     assert 0.0 <= m["all/auroc"] <= 1.0
+
+
+def test_fine_tuned_task_loads_the_lm_backbone_and_sees_no_difference_without_a_change(tmp_path):
+    """task.pretrained copies the LM checkpoint's backbone tensors exactly; a variant whose ALT
+    window equals its REF window gives zero difference features."""
+    from tasks import CausalLMTask, VariantEffectTask
+
+    config = {"d_model": 16, "n_layer": 1, "vocab_size": 10, "d_state": 4}
+    lm = CausalLMTask(config)
+    path = tmp_path / "lm.ckpt"
+    torch.save({"state_dict": lm.state_dict(), "hyper_parameters": dict(lm.hparams)}, path)
+    task = VariantEffectTask(config, pretrained=str(path), feature_radius=3)
+    for name, tensor in lm.model.backbone.state_dict().items():
+        assert torch.equal(task.backbone.state_dict()[name], tensor), name
+    ids = torch.randint(5, 9, (2, 20))
+    feats = task.features(ids, ids.clone(), torch.tensor([10, 4]))
+    assert feats.shape == (2, 48) and feats[:, :32].abs().max() == 0 and feats[:, 32:].abs().max() > 0
+    alt = ids.clone()
+    alt[:, 10] = 5 + (alt[:, 10] - 5 + 1) % 4  # a substitution at the centre of row 0
+    feats = task.features(ids, alt, torch.tensor([10, 4]))
+    assert feats[0, :32].abs().max() > 0
