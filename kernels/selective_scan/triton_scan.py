@@ -79,12 +79,18 @@ def _tile(dtype: torch.dtype) -> int:
     return 16 // torch.empty((), dtype=dtype).element_size()
 
 
-def _block_d(dpg: int, want: int) -> int:
-    """Largest power of two <= want that divides dim-per-group (blocks never straddle groups)."""
-    bd = 1
-    while bd * 2 <= want and dpg % (bd * 2) == 0:
-        bd *= 2
-    return bd
+def _padded_channels(x: Optional[Tensor], axis: int, groups: int, pad: int) -> Optional[Tensor]:
+    """x with `pad` zero channels appended to each of its `groups` channel groups along `axis`."""
+    if x is None:
+        return None
+    xg = x.unflatten(axis, (groups, x.shape[axis] // groups))
+    fill = list(xg.shape)
+    fill[axis + 1] = pad
+    return torch.cat([xg, xg.new_zeros(fill)], dim=axis + 1).flatten(axis, axis + 1)
+
+
+def _unpadded_channels(x: Tensor, axis: int, groups: int, dpg: int) -> Tensor:
+    return x.unflatten(axis, (groups, x.shape[axis] // groups)).narrow(axis + 1, 0, dpg).flatten(axis, axis + 1)
 
 
 def _forward_segments(batch: int, nblocks: int, warps: int, nchunks: int, KB: int) -> int:
@@ -158,25 +164,32 @@ def _opts(num_warps: int, maxnreg: Optional[int] = None) -> dict:
 
 
 def _strides3(x: Optional[Tensor]):
-    # batch/channel strides; the time stride is 1 (`_unit_time`)
+    # batch/channel strides; the time stride is 1 (`_aligned_time_rows`)
     return tuple(x.stride()[:2]) if x is not None else (0, 0)
 
 
-def _unit_time(x: Optional[Tensor]) -> Optional[Tensor]:
-    """The kernels read time contiguously (stride 1, so loads vectorise): copy other layouts."""
-    if x is None or x.stride(-1) == 1 or x.shape[-1] <= 1:
-        return x
-    return x.contiguous()
+def _empty_time_rows(shape, dtype: torch.dtype, device) -> Tensor:
+    """An uninitialised (..., L) tensor whose rows start 16 elements apart (a view of (..., L16))."""
+    L = shape[-1]
+    Lp = triton_cdiv(L, 16) * 16
+    return torch.empty((*shape[:-1], Lp), dtype=dtype, device=device)[..., :L]
 
 
-def _aligned_rows(x: Tensor) -> Tensor:
-    """B or C (b, G, N, L) with every row starting 16 elements apart: Triton then vectorises their
-    loads, which also keeps the backward's dB/dC tiles one row per lane (see
-    `shuffles_are_row_per_lane`). A copy (N*L per batch and group, small) only where needed."""
-    if all(s % 16 == 0 for s in x.stride()[:3]):
+def _aligned_time_rows(x: Optional[Tensor]) -> Optional[Tensor]:
+    """x (..., L) with time contiguous, its start 16-byte aligned and every other stride a multiple
+    of 16 elements; a copy (rows 16 elements apart) only where x is not.
+
+    Triton specialises on that divisibility: with it, a (channels, T times) tile's loads
+    vectorise along time and the tile stays one row per lane; without it (e.g. an odd L), Triton
+    spreads rows over lanes: 8x more layout conversions on Triton 3.9, and compiles that take
+    minutes or never end on 3.6 (seen on the H200). It also keeps the backward's dB/dC tiles one
+    row per lane for its lane shuffles (`shuffles_are_row_per_lane`)."""
+    if x is None or x.shape[-1] <= 1:
         return x
-    Lp = triton_cdiv(x.shape[-1], 16) * 16
-    return x.new_empty((*x.shape[:3], Lp))[..., : x.shape[-1]].copy_(x)
+    if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(
+            s % 16 == 0 for s, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1):
+        return x
+    return _empty_time_rows(x.shape, x.dtype, x.device).copy_(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,15 +212,15 @@ def _scan_fwd(
     nchunks = triton_cdiv(L, T)
     KB = chunk_size // T
     nseg_b = triton_cdiv(nchunks, KB)
-    bd = _block_d(dpg, block_d)
+    bd = block_d  # divides dpg (`selective_scan_triton` pads the channel groups)
     dev, f32 = u.device, torch.float32
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    out = _empty_time_rows(u.shape, u.dtype, dev)
     states = torch.empty((batch, nseg_b if save_states else 0, dim, N), device=dev, dtype=f32)
     hT = torch.empty((batch, dim, N), device=dev, dtype=f32)
     if batch == 0 or dim == 0 or L == 0:
         hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
         return out, hT, states
-    u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (u, delta, z, B, C, seq_idx))
+    u, delta, z, B, C, seq_idx = (_aligned_time_rows(x) for x in (u, delta, z, B, C, seq_idx))
     A_, D_, bias_, seq_, z_, s_seq = _kernel_operands(u, A, D, delta_bias, seq_idx, z)
     h0_ = initial_state.to(f32).contiguous() if initial_state is not None else None
     NP = triton_next_pow2(N)
@@ -280,7 +293,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     N = A.shape[1]
     T = _tile_of(u, delta, B, C, z)
     nseg_b = triton_cdiv(triton_cdiv(L, T), chunk_size // T) if save_states else 0
-    out = u.new_empty((batch, dim, L))
+    out = _empty_time_rows((batch, dim, L), u.dtype, u.device)
     hT = u.new_empty((batch, dim, N), dtype=torch.float32)
     states = u.new_empty((batch, nseg_b, dim, N), dtype=torch.float32)
     return out, hT, states
@@ -314,11 +327,9 @@ def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
     nchunks = triton_cdiv(L, T)
     KB = chunk_size // T
     nseg_b = triton_cdiv(nchunks, KB)
-    bd = _block_d(dpg, block_d)
+    bd = block_d  # divides dpg (`selective_scan_triton` pads the channel groups)
     dev, f32 = u.device, torch.float32
-    dout, u, delta, z, B, C, seq_idx = (_unit_time(x) for x in (dout, u, delta, z, B, C, seq_idx))
-    if dev.type == "cuda":
-        B, C = _aligned_rows(B), _aligned_rows(C)
+    dout, u, delta, z, B, C, seq_idx = (_aligned_time_rows(x) for x in (dout, u, delta, z, B, C, seq_idx))
     A_, D_, bias_, seq_, z_, s_seq = _kernel_operands(u, A, D, delta_bias, seq_idx, z)
     dhT_ = dhT.to(f32).contiguous() if dhT is not None else None
     NP = triton_next_pow2(N)
@@ -346,10 +357,10 @@ def _bwd_impl(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplus, in
     per_super = 4 * (batch * nseg_b * G * KB * N * bd + 2 * batch * G * N * L)  # scratch + dB/dC rows
     nsuper = _super_blocks(batch, nseg_b, G, nblk_g, num_warps, per_super, u.numel() * u.element_size())
     nblk = nblk_g // nsuper
-    du = torch.empty((batch, dim, L), device=dev, dtype=u.dtype)
-    ddelta = torch.empty((batch, dim, L), device=dev, dtype=delta.dtype)
-    dz = torch.empty((batch, dim, L), device=dev, dtype=z.dtype) if z is not None else u.new_empty(0)
-    dBCp = torch.empty((2, batch, G, nsuper, N, L), device=dev, dtype=f32)  # dB, dC partial rows
+    du = _empty_time_rows((batch, dim, L), u.dtype, dev)
+    ddelta = _empty_time_rows((batch, dim, L), delta.dtype, dev)
+    dz = _empty_time_rows((batch, dim, L), z.dtype, dev) if z is not None else u.new_empty(0)
+    dBCp = _empty_time_rows((2, batch, G, nsuper, N, L), f32, dev)  # dB, dC partial rows
     dAp = torch.empty((batch, nseg_b, dim, N), device=dev, dtype=f32)
     dDp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if D is not None else dAp
     dbp = torch.empty((batch, nseg_b, dim), device=dev, dtype=f32) if delta_bias is not None else dAp
@@ -389,10 +400,10 @@ def _scan_bwd_fake(dout, dhT, u, delta, A, B, C, D, z, delta_bias, delta_softplu
     batch, dim, L = u.shape
     N = A.shape[1]
     return (
-        u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape),
-        B.new_empty(B.shape), C.new_empty(C.shape),
+        _empty_time_rows(u.shape, u.dtype, u.device), _empty_time_rows(delta.shape, delta.dtype, u.device),
+        A.new_empty(A.shape), B.new_empty(B.shape), C.new_empty(C.shape),
         D.new_empty(D.shape) if D is not None else u.new_empty(0),
-        z.new_empty(z.shape) if z is not None else u.new_empty(0),
+        _empty_time_rows(z.shape, z.dtype, u.device) if z is not None else u.new_empty(0),
         delta_bias.new_empty(delta_bias.shape) if delta_bias is not None else u.new_empty(0),
         (initial_state.new_empty(initial_state.shape) if initial_state is not None
          else u.new_empty((batch, dim, N), dtype=torch.float32)),
@@ -463,12 +474,32 @@ def selective_scan_triton(
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     chunk0, bd0, w0 = scan_config(dim, N, u.dtype, needs_grad)
-    chunk = int(chunk_size or chunk0)
+    chunk, bd = int(chunk_size or chunk0), int(block_d or bd0)
     tile = _tile_of(u, delta, B, C, z)
     if chunk < tile or chunk & (chunk - 1):
         raise ValueError(f"chunk_size must be a power of two >= {tile} (one tile of {u.dtype}); got {chunk}")
+    if bd < 1 or bd & (bd - 1):
+        raise ValueError(f"block_d must be a power of two; got {bd}")
+    G = B4.shape[1]
+    dpg = dim // G
+    pad = -dpg % bd
+    if pad:
+        # Channel blocks are whole (the kernels have no channel masks): a group of dpg channels
+        # that the block does not divide gets zero channels appended, which leave every other
+        # channel's output and every gradient unchanged (zero u, so zero state, and no dout
+        # reaches them). Smaller blocks instead would give a (BD < 32)-row tile that Triton
+        # spreads over several lanes: slow code on Triton 3.9, a compile that never ends on 3.6.
+        p1 = lambda x: _padded_channels(x, 1, G, pad)  # noqa: E731
+        res = selective_scan_triton(
+            p1(u), p1(delta), _padded_channels(A, 0, G, pad), B4, C4, _padded_channels(D, 0, G, pad), p1(z),
+            _padded_channels(delta_bias, 0, G, pad), delta_softplus, p1(initial_state), return_final_state,
+            seq_idx, reverse, chunk_size=chunk, block_d=bd, num_warps=num_warps,
+        )
+        if not return_final_state:
+            return _unpadded_channels(res, 1, G, dpg)
+        return _unpadded_channels(res[0], 1, G, dpg), _unpadded_channels(res[1], 1, G, dpg)
     out, hT, _ = _scan_fwd(
         u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus), initial_state, seq_idx,
-        bool(reverse), chunk, int(block_d or bd0), int(num_warps or w0), needs_grad,
+        bool(reverse), chunk, bd, int(num_warps or w0), needs_grad,
     )
     return (out, hT) if return_final_state else out
