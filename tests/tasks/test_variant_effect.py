@@ -109,3 +109,13 @@ def test_fine_tuned_task_loads_the_lm_backbone_and_sees_no_difference_without_a_
     alt[:, 10] = 5 + (alt[:, 10] - 5 + 1) % 4  # a substitution at the centre of row 0
     feats = task.features(ids, alt, torch.tensor([10, 4]))
     assert feats[0, :32].abs().max() > 0
+
+
+def test_zero_shot_task_names_a_missing_lm_checkpoint(tmp_path):
+    import pytest
+
+    from tasks import ZeroShotVariantTask
+
+    missing = tmp_path / "no_such.ckpt"
+    with pytest.raises(ValueError, match="task.lm_checkpoint.*no_such.ckpt"):
+        ZeroShotVariantTask(str(missing))
