@@ -147,13 +147,14 @@ class VariantDataModule(pl.LightningDataModule):
         if name.endswith((".vcf", ".vcf.gz", ".vcf.bgz")):
             label_map = self.label_map if self.label_map is not None else CLNSIG_LABELS
             variants, report = read_vcf(path, label_key=self.label_key, label_map=label_map)
-            annotations = [v.info.get(self.annotation_key) if self.annotation_key else None for v in variants]
+            key = self.annotation_key
         else:
-            cols = dict(self.table_columns)
-            variants, report = read_variant_table(path, label_map=self.label_map, **cols)
-            annotations = [None] * len(variants)
-            if self.annotation_column:
-                annotations = _table_column(path, self.annotation_column, [v.line for v in variants])
+            variants, report = read_variant_table(path, label_map=self.label_map, **self.table_columns)
+            key = self.annotation_column
+            if key and variants and key not in variants[0].info:
+                raise ValueError(f"{path}: no column {key!r} (data.annotation_column); other columns: "
+                                 f"{sorted(variants[0].info)}")
+        annotations = [v.info.get(key) if key else None for v in variants]  # INFO key or table column
         return variants, annotations, report
 
     def setup(self, stage: str | None = None):
@@ -219,19 +220,3 @@ class VariantDataModule(pl.LightningDataModule):
             dataset = self.sets[self.predict_split]
         return self._loader(dataset, False)
 
-
-def _table_column(path: Path, column: str, lines: list[int]) -> list[str | None]:
-    """The value of `column` on each of the given 1-based lines of a TSV/CSV table."""
-    import csv
-
-    from .variants import _open_text
-
-    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader)
-        if column not in header:
-            raise ValueError(f"{path}: no column {column!r} (data.annotation_column); columns: {header}")
-        k = header.index(column)
-        by_line = {i: row[k] if k < len(row) else None for i, row in enumerate(reader, 2)}
-    return [by_line.get(line) for line in lines]

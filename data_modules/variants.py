@@ -178,8 +178,9 @@ def read_variant_table(path: str | Path, chrom_column: str = "chrom", pos_column
     with _open_text(path) as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         header = reader.fieldnames or []
-        for col in (chrom_column, pos_column, ref_column, alt_column, label_column, id_column):
-            if col is not None and col not in header:
+        used = {c for c in (chrom_column, pos_column, ref_column, alt_column, label_column, id_column) if c}
+        for col in used:
+            if col not in header:
                 raise ValueError(f"{path}:1: no column {col!r}; the header has {header}")
         for row in reader:
             lineno = reader.line_num
@@ -211,7 +212,8 @@ def read_variant_table(path: str | Path, chrom_column: str = "chrom", pos_column
                 report.skip("non-sequence allele", f"line {lineno}: {ref[:10]}>{alt[:20]}")
                 continue
             vid = row[id_column] if id_column else f"{row[chrom_column]}:{pos}:{ref}>{alt}"
-            out.append(Variant(row[chrom_column], pos, ref, alt, label, vid, lineno))
+            info = {k: v for k, v in row.items() if k not in used}  # the other columns, as a VCF's INFO
+            out.append(Variant(row[chrom_column], pos, ref, alt, label, vid, lineno, info))
     report.kept += len(out)
     return out, report
 

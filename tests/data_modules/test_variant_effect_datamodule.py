@@ -75,3 +75,18 @@ def test_bad_settings_are_named(tmp_path):
         VariantDataModule(variants="x.vcf", reference="y.fa", kinds=["SNP"])
     with pytest.raises(ValueError, match="not found"):
         VariantDataModule(variants=str(tmp_path / "missing.vcf"), reference="y.fa").setup()
+
+
+def test_table_input_reads_the_annotation_column(shared_data):
+    """The labelled TSV of the same ClinVar records: labels from its column, coding/non-coding from
+    its consequence column, the same coding variants as the VCF's MC; a missing column is named."""
+    table = shared_data / "variants" / "brca1_clinvar" / "clinvar_brca1_labeled.tsv"
+    cols = dict(variants=str(table), pos_column="pos_grch38", id_column="clinvar_variation_id", window=32)
+    dm = make(annotation_column="molecular_consequence", **cols)
+    from_table = {w.variant.id: r for s in dm.sets.values() for w, r in zip(s.windows, s.regions)}
+    from_vcf = {w.variant.id: r  # VCF ID = ClinVar variation id
+                for s in make(window=32).sets.values() for w, r in zip(s.windows, s.regions)}
+    shared = from_table.keys() & from_vcf.keys()
+    assert len(shared) > 7000 and all(from_table[k] == from_vcf[k] for k in shared)
+    with pytest.raises(ValueError, match="no column 'consequence'"):
+        make(annotation_column="consequence", **cols)
