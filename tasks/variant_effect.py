@@ -91,8 +91,11 @@ class _VariantScoring(pl.LightningModule):
     overall, per kind and per region; on the test split also 95% bootstrap intervals of the
     overall and SNV AUROC."""
 
+    def __init__(self):
+        super().__init__()
+        self._collected: dict[str, dict] = {}  # per split prefix: scores, labels, kinds, regions
+
     def _reset(self, prefix: str):
-        self._collected = getattr(self, "_collected", {})
         self._collected[prefix] = {"scores": [], "labels": [], "kinds": [], "regions": []}
 
     def _collect(self, prefix: str, scores: torch.Tensor, batch: dict):
