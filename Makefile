@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# The registry's torchaudio is a CUDA build whose compiled extension cannot load on CPU-only
+	# torch; the Python transforms we use work without it, so move its libraries aside.
+	$(BIN)/python -c "import torchaudio" 2>/dev/null || $(BIN)/python -c "import importlib.util as u, pathlib as p; \
+	  [f.rename(f.with_name(f.name + '.cuda-build')) for f in (p.Path(u.find_spec('torchaudio').origin).parent / 'lib').glob('*.so')]"
+	$(BIN)/python -c "import torchaudio.functional, soundfile"
 	touch $@
 
 demo: setup
