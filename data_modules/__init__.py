@@ -1,5 +1,6 @@
 """Lightning DataModules and tokenizers. Knows no model."""
 
+from .audio import AudioCodec, AudioDataModule, read_audio
 from .fasta import FastaFile, open_fasta, scan_fasta
 from .fasta_pretraining import FastaDataModule
 from .labelled_sequences import LabelledSequenceDataModule
@@ -9,5 +10,5 @@ from .variant_effect import VariantDataModule
 
 __all__ = [
     "DNATokenizer", "FastaDataModule", "LabelledSequenceDataModule", "SeqLenWarmup", "VariantDataModule", "FastaFile",
-    "open_fasta", "scan_fasta",
+    "open_fasta", "scan_fasta", "AudioCodec", "AudioDataModule", "read_audio",
 ]
