@@ -7,6 +7,12 @@ State Spaces" (2023), with the reference initialisation.
     dt = dt_proj(dt)                        its bias goes into the scan (softplus inside)
     y = selective_scan(x, dt, -exp(A_log), B, C, D, z)   y = SSM(x) * silu(z)
     out = out_proj(y)
+
+Recurrent inference (generation): `step` runs one position from a rolling conv state (the last
+d_conv inputs of the conv) and the SSM state (fp32), both updated in place, through two fused ops
+(kernels/selective_state_update: the conv step, then the state update with dt_proj inside) and
+fp32 constants computed once (`step_constants`); `prefill` runs the parallel forward over a prompt and leaves both states
+as they are after it. mamba_seq/inference.py allocates the states.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from kernels.selective_scan import selective_scan
+from kernels.selective_state_update import causal_conv1d_step, selective_state_update
 
 from .config import MambaConfig
+from .inference import StepConstants
 
 
 def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -69,15 +77,22 @@ class MambaMixer(nn.Module):
         add_ssm_branch(self, config)
         self.out_proj = nn.Linear(d_inner, d_model, bias=config.bias)
 
-    def ssm(self, x, z, branch: nn.Module, mask: torch.Tensor | None = None, reverse: bool = False):
+    def ssm(self, x, z, branch: nn.Module, mask: torch.Tensor | None = None, reverse: bool = False,
+            conv_prefix: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
+            return_final_state: bool = False):
         """conv -> SiLU -> x_proj -> selective scan with `branch`'s parameters (conv1d, x_proj,
         dt_proj, A_log, D). x, z: (batch, d_inner, L); mask: (batch, L) bool or None -> (batch, d_inner, L).
-        reverse: an anti-causal conv (position t sees t..t+k-1) and a right-to-left scan."""
+        reverse: an anti-causal conv (position t sees t..t+k-1) and a right-to-left scan.
+        Prefill only (causal): conv_prefix (batch, d_inner, d_conv - 1), the conv inputs just before
+        x (instead of zeros); initial_state (batch, d_inner, N) fp32; return_final_state -> also the
+        state after the last position."""
         L = x.shape[-1]
         conv = branch.conv1d
         if reverse:  # the mirror image of the causal conv, with no flipped copy of x
             k = conv.kernel_size[0]
             x = F.conv1d(F.pad(x, (0, k - 1)), conv.weight.flip(-1), conv.bias, groups=conv.groups)
+        elif conv_prefix is not None:
+            x = F.conv1d(torch.cat([conv_prefix.to(x.dtype), x], dim=-1), conv.weight, conv.bias, groups=conv.groups)
         else:
             x = conv(x)[..., :L]
         x = F.silu(x)
@@ -92,7 +107,8 @@ class MambaMixer(nn.Module):
             bias, softplus = None, False
         return selective_scan(
             x, dt, -torch.exp(branch.A_log.float()), B, C, D=branch.D.float(), z=z, delta_bias=bias,
-            delta_softplus=softplus, reverse=reverse,
+            delta_softplus=softplus, reverse=reverse, initial_state=initial_state,
+            return_final_state=return_final_state,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -100,3 +116,83 @@ class MambaMixer(nn.Module):
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
         x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
         return self.out_proj(rearrange(self.ssm(x, z, self), "b d l -> b l d"))
+
+    # -- recurrent inference ---------------------------------------------------------------------
+
+    def _check_causal(self):
+        if type(self) is not MambaMixer:  # BiMambaMixer reads the future: no recurrent form
+            raise ValueError(f"{type(self).__name__} is not causal: recurrent inference (step/prefill) needs a "
+                             "causal MambaMixer (config.bidirectional=False)")
+
+    def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> conv_state (batch, d_inner, d_conv) in dtype (default: in_proj's), zeros;
+        #    ssm_state (batch, d_inner, d_state) fp32, zeros
+        self._check_causal()
+        w = self.in_proj.weight
+        device = w.device if device is None else device
+        conv_state = torch.zeros(batch_size, self.d_inner, self.conv1d.kernel_size[0], device=device,
+                                 dtype=w.dtype if dtype is None else dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def step_constants(self) -> StepConstants:
+        """The fp32 constants of `step` (A = -exp(A_log), D, dt bias, dt_proj, conv weight and bias),
+        computed on first use and again only when a parameter's storage or version changes (a
+        refresh writes into the same tensors where it can: a captured CUDA graph reads them)."""
+        conv, dt_proj = self.conv1d, self.dt_proj
+        params = (self.A_log, self.D, dt_proj.bias, dt_proj.weight, conv.weight, conv.bias)
+        key = tuple(None if p is None else (p.data_ptr(), p._version, p.device) for p in params)
+        cached = self.__dict__.get("_step_constants")
+        if cached is not None and cached.key == key:
+            return cached
+        with torch.no_grad():
+            f32 = torch.float32
+            new = StepConstants(
+                A=-torch.exp(self.A_log.to(f32)), D=self.D.to(f32, copy=True), dt_bias=dt_proj.bias.to(f32, copy=True),
+                dt_proj_weight=dt_proj.weight.to(f32, copy=True), conv_weight=conv.weight[:, 0].to(f32, copy=True),
+                conv_bias=None if conv.bias is None else conv.bias.to(f32, copy=True), key=key,
+            )
+            if cached is not None and all(
+                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                              and a.device == b.device and not a.is_inference())
+                for a, b in zip(cached.tensors(), new.tensors())
+            ):
+                for a, b in zip(cached.tensors(), new.tensors()):
+                    if a is not None:
+                        a.copy_(b)
+                cached.key = key
+                return cached
+        self.__dict__["_step_constants"] = new
+        return new
+
+    def step(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        # hidden: (batch, d_model) -> (batch, d_model); one position. conv_state (batch, d_inner, d_conv):
+        # the last d_conv conv inputs, newest last; ssm_state (batch, d_inner, N) fp32. Both in place.
+        # On CUDA: in_proj, the conv-step kernel (shift + conv + SiLU), x_proj, the state-update
+        # kernel (dt_proj, softplus, update, D skip, SiLU(z) gate), out_proj: five kernels.
+        self._check_causal()
+        c = self.step_constants()
+        d_inner, R, N = self.d_inner, self.dt_rank, self.d_state
+        xz = self.in_proj(hidden)  # (batch, 2 d_inner)
+        x = causal_conv1d_step(conv_state, xz[:, :d_inner], c.conv_weight, c.conv_bias, silu=True)
+        x_dbl = self.x_proj(x)  # (batch, dt_rank + 2N): [dt_low | B | C]
+        y = selective_state_update(
+            ssm_state, x, x_dbl[:, :R], c.A, x_dbl[:, R:R + N], x_dbl[:, R + N:], D=c.D, z=xz[:, d_inner:],
+            dt_bias=c.dt_bias, dt_softplus=True, dt_proj_weight=c.dt_proj_weight,
+        )
+        return self.out_proj(y)
+
+    def prefill(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        # hidden: (batch, L, d_model), L >= 1 -> (batch, L, d_model): the parallel forward over L
+        # positions that follow the states given (zeros: a fresh start, then equal to forward), which
+        # are left in place as they are after the L positions
+        self._check_causal()
+        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
+        x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
+        k = conv_state.shape[-1]
+        prefix = conv_state[:, :, 1:].clone()  # the k - 1 conv inputs before x
+        y, final = self.ssm(x, z, self, conv_prefix=prefix, initial_state=ssm_state, return_final_state=True)
+        conv_state.copy_(torch.cat([prefix.to(x.dtype), x], dim=-1)[:, :, -k:])  # zeros on the left if L < k
+        ssm_state.copy_(final)
+        return self.out_proj(rearrange(y, "b d l -> b l d"))

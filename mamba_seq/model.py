@@ -7,6 +7,9 @@ residuals is kept in fp32 even when the blocks run in bf16.
 
 With config.rc_equivariant the same blocks, of width d_model/2, run on both strands at once
 (rc_equivariant.py): embedding -> strand layout -> blocks -> norm_f -> back -> RC LM head.
+
+Recurrent inference (causal models only): allocate_inference_cache, prefill (the parallel forward
+over a prompt, filling the cache) and step (one token); see inference.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import math
 import torch
 import torch.nn as nn
 
+from kernels.selective_state_update import add_rms_norm
+
 from .config import MambaConfig
+from .inference import InferenceCache, check_can_decode
 from .bidirectional import BiMambaMixer
 from .mixer import MambaMixer
 from .rc_equivariant import RCEmbedding, RCLMHead, check_right_padded, from_strands, strand_config, to_strands
@@ -53,6 +59,24 @@ class MambaBlock(nn.Module):
         normed = self.norm(residual.to(self.norm.weight.dtype))
         hidden = self.mixer(normed, mask) if self.bidirectional else self.mixer(normed)
         return hidden, residual
+
+    def _add_residual(self, hidden, residual):
+        # as forward: -> (norm(hidden + residual), hidden + residual)
+        residual = hidden if residual is None else residual + hidden
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return self.norm(residual.to(self.norm.weight.dtype)), residual
+
+    def step(self, hidden, residual, conv_state, ssm_state):
+        # hidden, residual: (batch, d_model) -> the same, one position (states updated in place);
+        # the arithmetic of _add_residual in one fused op (one kernel on CUDA)
+        normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
+        return self.mixer.step(normed, conv_state, ssm_state), residual
+
+    def prefill(self, hidden, residual, conv_state, ssm_state):
+        # hidden, residual: (batch, L, d_model) -> the same (states left after the L positions)
+        normed, residual = self._add_residual(hidden, residual)
+        return self.mixer.prefill(normed, conv_state, ssm_state), residual
 
 
 class MambaBackbone(nn.Module):
@@ -91,6 +115,39 @@ class MambaBackbone(nn.Module):
         out = self.norm_f(residual.to(self.norm_f.weight.dtype))
         return from_strands(out, lengths) if self.rc_equivariant else out
 
+    # -- recurrent inference (causal only) ---------------------------------------------------------
+
+    def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                                 device: torch.device | None = None) -> InferenceCache:
+        check_can_decode(self.config)
+        states = [layer.mixer.allocate_inference_cache(batch_size, dtype, device) for layer in self.layers]
+        return InferenceCache([c for c, _ in states], [s for _, s in states])
+
+    def _final(self, hidden, residual):
+        residual = hidden if residual is None else residual + hidden
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        # input_ids: (batch,) int64, the token at position cache.seqlen_offset -> hidden (batch, d_model)
+        check_can_decode(self.config)
+        hidden, residual = self.embedding(input_ids), None
+        for layer, (conv_state, ssm_state) in zip(self.layers, cache):
+            hidden, residual = layer.step(hidden, residual, conv_state, ssm_state)
+        cache.seqlen_offset += 1
+        # _final fused: residual + hidden in their promoted dtype, normed in norm_f's dtype
+        return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps, residual_fp32=False)[0]
+
+    def prefill(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        # input_ids: (batch, L), L >= 1 -> hidden (batch, L, d_model), continuing from the cache
+        check_can_decode(self.config)
+        if input_ids.shape[1] < 1:
+            raise ValueError("prefill needs at least one position")
+        hidden, residual = self.embedding(input_ids), None
+        for layer, (conv_state, ssm_state) in zip(self.layers, cache):
+            hidden, residual = layer.prefill(hidden, residual, conv_state, ssm_state)
+        cache.seqlen_offset += input_ids.shape[1]
+        return self._final(hidden, residual)
+
 
 class MambaLMHeadModel(nn.Module):
     """Backbone plus a linear head over the (padded) vocabulary, tied to the embedding by default.
@@ -127,6 +184,27 @@ class MambaLMHeadModel(nn.Module):
         # input_ids: (batch, L); mask: (batch, L) bool or None (see MambaBackbone)
         # -> logits (batch, L, padded_vocab_size)
         return self.lm_head(self.backbone(input_ids, mask))
+
+    # -- recurrent inference (causal only; see inference.py) ---------------------------------------
+
+    def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                                 device: torch.device | None = None) -> InferenceCache:
+        """Zero states for `batch_size` streams: conv states in `dtype` (default: the model's),
+        SSM states in fp32, on `device` (default: the model's). ValueError for a bidirectional or
+        rc_equivariant model."""
+        return self.backbone.allocate_inference_cache(batch_size, dtype, device)
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        # input_ids: (batch,) int64 -> logits (batch, padded_vocab_size) for the next position;
+        # the cache advances one position in place (no autograd: a graph would grow every step)
+        return self.lm_head(self.backbone.step(input_ids, cache))
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        # input_ids: (batch, P) -> logits (batch, padded_vocab_size) at the last position: one
+        # parallel forward; the cache (fresh, or after earlier positions) advances P positions
+        return self.lm_head(self.backbone.prefill(input_ids, cache)[:, -1])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
