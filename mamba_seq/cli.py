@@ -1,4 +1,6 @@
 """`mamba-seq fit|validate|test|predict [key=value ...]`: Hydra-composed runs from the command line.
+`mamba-seq generate ckpt_path=... [key=value ...]`: samples from a causal-LM run's checkpoint
+(tasks/generate_samples.py; its keys are its own, not config overrides).
 
 The configs ship inside the installed package (the `configs` package), so the command works
 from any directory. Every run writes its resolved config, checkpoints, metrics.csv and
@@ -21,6 +23,7 @@ SUBCOMMANDS = {
     "validate": "evaluate a checkpoint (ckpt_path=...) on the validation split",
     "test": "evaluate a checkpoint (ckpt_path=...) on the test split",
     "predict": "score the predict split with a checkpoint (ckpt_path=...), write predictions.tsv",
+    "generate": "sample clips / sequences from a causal-LM checkpoint (ckpt_path=...; `generate --help`)",
 }
 
 log = logging.getLogger("mamba_seq")
@@ -71,6 +74,7 @@ def help_text() -> str:
         "  mamba-seq fit",
         "  mamba-seq fit experiment=dna_pretrain data.fasta=genome.fa.gz trainer.max_steps=2000 model.d_model=128",
         "  mamba-seq validate ckpt_path=outputs/dna_pretrain/<run>/checkpoints/last.ckpt",
+        "  mamba-seq generate ckpt_path=outputs/speech_digits/<run>/checkpoints/last.ckpt n=16 seconds=1 out_dir=samples",
     ]
     return "\n".join(lines)
 
@@ -110,14 +114,22 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    datamodule = instantiate(cfg.data)
-    vocab = datamodule.vocab_size
-    if cfg.model.get("vocab_size") is None:
-        cfg.model.vocab_size = vocab
-    elif cfg.model.vocab_size != vocab:
-        raise SystemExit(f"mamba-seq: model.vocab_size={cfg.model.vocab_size} but the data's tokenizer has {vocab} tokens")
-    if "num_classes" in cfg.task and cfg.task.num_classes is None:
-        cfg.task.num_classes = datamodule.num_classes
+    # plain lists/dicts, not ListConfig: a data module's save_hyperparameters() goes into every
+    # checkpoint, which must load with weights_only=True (e.g. AudioDataModule's val_speakers)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    # a task without a Mamba LM (e.g. tasks.AudioClassifierTask) has model: null
+    vocab = None
+    if cfg.get("model") is not None:
+        vocab = datamodule.vocab_size
+        if cfg.model.get("vocab_size") is None:
+            cfg.model.vocab_size = vocab
+        elif cfg.model.vocab_size != vocab:
+            raise SystemExit(f"mamba-seq: model.vocab_size={cfg.model.vocab_size} but the data's tokenizer has {vocab} tokens")
+    # task arguments left null are the data's: num_classes, and for audio tasks sample_rate, class_names
+    for key in ("num_classes", "sample_rate", "class_names"):
+        if key in cfg.task and cfg.task[key] is None:
+            value = getattr(datamodule, key)
+            cfg.task[key] = list(value) if key == "class_names" else value
 
     OmegaConf.resolve(cfg)
     out = Path(cfg.paths.output_dir)
@@ -141,8 +153,8 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
             task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
         else:
             task = instantiate(cfg.task, _convert_="all")
-        ckpt_vocab = task.hparams["model"]["vocab_size"]
-        if ckpt_vocab != vocab:
+        ckpt_vocab = task.hparams["model"]["vocab_size"] if "model" in task.hparams else None
+        if vocab is not None and ckpt_vocab is not None and ckpt_vocab != vocab:
             raise SystemExit(
                 f"mamba-seq {subcommand}: the checkpoint's model has vocab_size {ckpt_vocab}, the data's tokenizer {vocab}"
             )
@@ -165,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     subcommand, overrides = argv[0], argv[1:]
+    if subcommand == "generate":  # its own key=value arguments, no config composition
+        from tasks.generate_samples import main as generate_main
+
+        return generate_main(overrides)
     if subcommand not in SUBCOMMANDS:
         print(f"mamba-seq: unknown subcommand {subcommand!r}\n\n{help_text()}", file=sys.stderr)
         return 2

@@ -1,8 +1,12 @@
 """Causal (next-token) language-model pretraining: the glue between a Mamba LM and a data module
 whose batches carry `input_ids` and `labels` of shape (batch, L).
 
-Reports loss in nats and bits per token (for DNA: bits per base), averaged over every token of
-the split, never per batch.
+Reports loss in nats and bits per token, logged as `*/bpb`: for DNA bits per base, for audio
+(data_modules.AudioDataModule, one token per quantised sample) bits per sample. Every mean is over
+the real targets of the whole split, never per batch: a label of -100 (IGNORE_INDEX, where an
+audio clip shorter than the window was padded) is no target and counts nowhere, neither in the
+training loss nor in the val/test/predict NLL. FASTA windows are never padded, so for DNA every
+position is a target.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torchmetrics import MeanMetric
 from mamba_seq import MambaConfig, MambaLMHeadModel, no_weight_decay_param_names
 
 LN2 = math.log(2.0)
+IGNORE_INDEX = -100  # a label that is no target (padding)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -87,30 +92,46 @@ class CausalLMTask(pl.LightningModule):
         return self.model(input_ids)
 
     def _token_nll(self, batch: dict) -> torch.Tensor:
-        # -> per-token negative log-likelihood in nats, (batch, L) fp32
+        # -> per-token negative log-likelihood in nats, (batch, L) fp32; 0 where the label is
+        #    IGNORE_INDEX (use _real_mean / _targets to average over the real targets only)
         logits = self(batch["input_ids"])
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none")
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none",
+                              ignore_index=IGNORE_INDEX)
         return nll.view_as(labels)
 
+    @staticmethod
+    def _targets(batch: dict) -> torch.Tensor:
+        # -> (batch, L) bool, True at real targets
+        return batch["labels"] != IGNORE_INDEX
+
+    def _real_mean(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> (mean NLL in nats over the batch's real targets (0 if there is none), their number);
+        #    both 0-dim tensors (no host sync)
+        nll = self._token_nll(batch)
+        count = self._targets(batch).sum()
+        return nll.sum() / count.clamp_min(1), count
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._token_nll(batch).mean()
-        self.log("train/loss", loss, prog_bar=False)
-        self.log("train/bpb", loss / LN2, prog_bar=True)
+        loss, _ = self._real_mean(batch)
+        self.log("train/loss", loss, prog_bar=False, batch_size=len(batch["labels"]))
+        self.log("train/bpb", loss / LN2, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
+    def _update(self, metric: MeanMetric, batch: dict):
+        mean, count = self._real_mean(batch)
+        metric.update(mean, weight=count.float())  # token-weighted over real targets: the exact split mean
+
     def validation_step(self, batch: dict, batch_idx: int):
-        nll = self._token_nll(batch)
-        self.val_nll.update(nll.mean(), weight=nll.numel())  # token-weighted: exact split mean
+        self._update(self.val_nll, batch)
 
     def test_step(self, batch: dict, batch_idx: int):
-        nll = self._token_nll(batch)
-        self.test_nll.update(nll.mean(), weight=nll.numel())
+        self._update(self.test_nll, batch)
 
     def _log_split(self, metric: MeanMetric, prefix: str):
         nll = metric.compute()  # synchronised across ranks
         self.log(f"{prefix}/loss", nll, sync_dist=False)
-        self.log(f"{prefix}/bpb", nll / LN2, prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/bpb", nll / LN2, prog_bar=True, sync_dist=False)  # bits per base / per sample
         metric.reset()
 
     def on_validation_epoch_end(self):
@@ -120,15 +141,29 @@ class CausalLMTask(pl.LightningModule):
         self._log_split(self.test_nll, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Per-window scores: mean bits per base of the next-base predictions in each window."""
-        bits = self._token_nll(batch).mean(dim=1) / LN2
-        return {
-            "contig": list(batch["contig"]),
-            "start": batch["start"].tolist(),
-            "strand": batch["strand"].tolist(),
-            "length": [batch["labels"].shape[1]] * len(batch["contig"]),
-            "bits_per_base": bits.tolist(),
-        }
+        """Per-window scores: mean bits per token of the next-token predictions in each window,
+        over its real targets only. FASTA windows: contig, start, strand, length, bits_per_base;
+        audio clips: path, speaker, class_label, length (real targets), bits_per_sample."""
+        nll = self._token_nll(batch)
+        count = self._targets(batch).sum(dim=1)
+        bits = (nll.sum(dim=1) / count.clamp_min(1) / LN2).tolist()
+        if "contig" in batch:
+            return {
+                "contig": list(batch["contig"]),
+                "start": batch["start"].tolist(),
+                "strand": batch["strand"].tolist(),
+                "length": count.tolist(),
+                "bits_per_base": bits,
+            }
+        out = {}
+        for key in ("path", "speaker"):
+            if key in batch:
+                out[key] = list(batch[key])
+        if "class_label" in batch:
+            out["class_label"] = batch["class_label"].tolist()
+        out["length"] = count.tolist()
+        out["bits_per_sample"] = bits
+        return out
 
     def configure_optimizers(self):
         groups = adamw_param_groups(self.model, self.hparams.weight_decay)

@@ -61,3 +61,73 @@ def test_backbones_that_see_the_next_base_are_refused():
     for extra in ({"bidirectional": True}, {"rc_equivariant": True, "complement_map": cmap}):
         with pytest.raises(ValueError, match="task=masked_lm"):
             CausalLMTask({"d_model": 16, "n_layer": 1, "vocab_size": 10, **extra})
+
+
+def _padded_audio_batch(lengths: list[int], L: int, vocab: int = 256, seed: int = 0):
+    """Right-padded clips as the audio module batches them: input_ids past a clip's end hold an
+    arbitrary id, labels there are -100."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (len(lengths), L + 1), generator=g)
+    labels = ids[:, 1:].clone()
+    for i, n in enumerate(lengths):
+        labels[i, n:] = -100
+    return {"input_ids": ids[:, :-1], "labels": labels}, ids
+
+
+def test_padded_targets_change_nothing():
+    """Loss, val/test NLL and predict scores are means over the real targets only: they equal an
+    independent per-clip calculation on the unpadded prefixes, whatever the padding holds."""
+    torch.manual_seed(0)
+    task = CausalLMTask({"d_model": 16, "n_layer": 2, "vocab_size": 256, "d_state": 4}).eval()
+    lengths, L = [40, 17, 64], 64
+    batch, ids = _padded_audio_batch(lengths, L)
+    # independent: each clip alone, unpadded, summed NLL with log_softmax
+    total, count, per_clip = 0.0, 0, []
+    with torch.no_grad():
+        for i, n in enumerate(lengths):
+            logits = task.model(ids[i:i + 1, :n])[0].double()
+            nll = -logits.log_softmax(-1).gather(-1, ids[i, 1:n + 1, None]).sum().item()
+            total, count = total + nll, count + n
+            per_clip.append(nll / n / math.log(2))
+        loss, n_real = task._real_mean(batch)
+    assert int(n_real) == sum(lengths)
+    assert math.isclose(loss.item(), total / count, rel_tol=1e-5)
+
+    # the padding's input ids are irrelevant (a causal model never reads right of a target)
+    other = dict(batch, input_ids=batch["input_ids"].clone())
+    for i, n in enumerate(lengths):
+        other["input_ids"][i, n + 1:] = 0
+    with torch.no_grad():
+        assert math.isclose(task._real_mean(other)[0].item(), total / count, rel_tol=1e-5)
+
+    # val: token-weighted over batches, so splitting the clips into batches changes nothing
+    with torch.no_grad():
+        task.validation_step({k: v[:1] for k, v in batch.items()}, 0)
+        task.validation_step({k: v[1:] for k, v in batch.items()}, 1)
+    assert math.isclose(task.val_nll.compute().item(), total / count, rel_tol=1e-5)
+    task.val_nll.reset()
+    with torch.no_grad():  # a batch with no real target at all adds nothing
+        empty = {"input_ids": batch["input_ids"][:1], "labels": torch.full_like(batch["labels"][:1], -100)}
+        task.test_step(empty, 0)
+        task.test_step(batch, 1)
+    assert math.isclose(task.test_nll.compute().item(), total / count, rel_tol=1e-5)
+
+    with torch.no_grad():
+        pred = task.predict_step(dict(batch, path=["a", "b", "c"], class_label=torch.tensor([0, 1, 2])), 0)
+    assert pred["length"] == lengths and pred["path"] == ["a", "b", "c"]
+    assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(pred["bits_per_sample"], per_clip))
+
+
+def test_padded_training_gradient_ignores_padding():
+    """Training: the gradient of a padded batch equals that of its real targets alone."""
+    torch.manual_seed(0)
+    task = CausalLMTask({"d_model": 16, "n_layer": 1, "vocab_size": 256, "d_state": 4})
+    batch, ids = _padded_audio_batch([30, 12], 32, seed=1)
+    loss = task._real_mean(batch)[0]
+    grads = torch.autograd.grad(loss, [task.model.backbone.embedding.weight])[0]
+    logits = [task.model(ids[i:i + 1, :n])[0] for i, n in enumerate([30, 12])]
+    ref = torch.cat([torch.nn.functional.cross_entropy(lg, ids[i, 1:n + 1], reduction="none")
+                     for i, (lg, n) in enumerate(zip(logits, [30, 12]))]).mean()
+    ref_grads = torch.autograd.grad(ref, [task.model.backbone.embedding.weight])[0]
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
+    assert torch.allclose(grads, ref_grads, atol=1e-6, rtol=1e-4)
