@@ -22,7 +22,7 @@ ms fit experiment=speech_digits trainer=gpu $DATA +trainer.max_time=${FIT_TIME:-
 echo "fit rc=$? $((SECONDS - t0)) s"; grep -E "val/bpb =|best checkpoint|Time limit|max_steps" "$R/speech_lm.log" | tail -3
 CK=$(best $R/speech_lm)
 for norm in none peak; do
-  ms test experiment=speech_digits trainer=gpu $DATA data.normalize=$norm ckpt_path="$CK" \
+  ms test experiment=speech_digits trainer=gpu $DATA data.pad_with=mask data.normalize=$norm ckpt_path="$CK" \
      callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/test_$norm > "$R/test_$norm.log" 2>&1
   echo "test normalize=$norm rc=$?: $(grep -E 'test/bpb =' "$R/test_$norm.log")"
 done

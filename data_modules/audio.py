@@ -341,9 +341,9 @@ class ClipDataset(Dataset):
     """Decoded clips held in memory; each item cropped or padded to num_samples and quantised."""
 
     def __init__(self, waves: list[torch.Tensor], clips: list[Clip], class_ids: list[int], num_samples: int,
-                 crop: str, codec: AudioCodec):
+                 crop: str, codec: AudioCodec, pad_with: str = "mask"):
         self.waves, self.clips, self.class_ids = waves, clips, class_ids
-        self.num_samples, self.crop, self.codec = num_samples, crop, codec
+        self.num_samples, self.crop, self.codec, self.pad_with = num_samples, crop, codec, pad_with
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -363,6 +363,8 @@ class ClipDataset(Dataset):
         padded[:length] = wave
         tokens = torch.full((n,), self.codec.pad_id, dtype=torch.long)
         tokens[:length] = self.codec.encode(wave)
+        if self.pad_with == "silence":  # the padding is digital silence the model must learn to emit
+            length = n
         return {"tokens": tokens, "waveform": padded, "length": length, "class_label": self.class_ids[i],
                 "speaker": self.clips[i].speaker or "", "path": self.clips[i].path}
 
@@ -402,7 +404,10 @@ class AudioDataModule(pl.LightningDataModule):
     normalize: "none" (default: clips as stored, the paper's setting) | "peak" | "rms" (to
     target_rms); see normalize_wave. max_files: a seeded random subset of the files, for quick runs.
     on_bad_file="skip": unreadable files are left out, logged, and listed in `.skipped`
-    as (path, reason)."""
+    as (path, reason). pad_with="mask" (default): padding is no input and no target (labels -100,
+    mask False); "silence": the padding is part of the clip, digital silence after the utterance,
+    as in SC09's fixed 1-s clips, so a generator learns to end its utterances (the NLL then
+    includes those easy samples: test with pad_with=mask for the NLL of the recordings alone)."""
 
     def __init__(
         self,
@@ -427,6 +432,7 @@ class AudioDataModule(pl.LightningDataModule):
         seed: int = 0,
         max_files: int | None = None,
         target_rms: float = 0.1,
+        pad_with: str = "mask",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -438,6 +444,8 @@ class AudioDataModule(pl.LightningDataModule):
             raise ValueError(f"data.on_bad_file must be error or skip, got {on_bad_file!r}")
         if crop not in ("start", "random", "center"):
             raise ValueError(f"data.crop must be start, random or center, got {crop!r}")
+        if pad_with not in ("mask", "silence"):
+            raise ValueError(f"data.pad_with must be mask or silence, got {pad_with!r}")
         if normalize not in NORMALIZE:
             raise ValueError(f"data.normalize must be one of {NORMALIZE}, got {normalize!r}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -459,7 +467,7 @@ class AudioDataModule(pl.LightningDataModule):
         self.val_speakers = [str(s) for s in val_speakers] if val_speakers else None
         self.test_speakers = [str(s) for s in test_speakers] if test_speakers else None
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
-        self.on_bad_file, self.crop = on_bad_file, crop
+        self.on_bad_file, self.crop, self.pad_with = on_bad_file, crop, pad_with
         self.batch_size, self.num_workers, self.seed, self.max_files = batch_size, num_workers, seed, max_files
         self.skipped: list[tuple[str, str]] = []
         self._class_names: list[str] | None = None
@@ -599,7 +607,8 @@ class AudioDataModule(pl.LightningDataModule):
                                      f"{part}; list each file once")
             crop = self.crop if part == "train" else ("center" if self.crop == "center" else "start")
             self.sets[part] = ClipDataset([waves[i] for i in idx], [clips[i] for i in idx],
-                                          [class_ids[i] for i in idx], self.num_samples, crop, self._codec)
+                                          [class_ids[i] for i in idx], self.num_samples, crop, self._codec,
+                                          self.pad_with)
             lens = np.array([len(waves[i]) for i in idx])
             speakers = sorted({clips[i].speaker for i in idx if clips[i].speaker})
             log.info("%s split: %d clips, %d speakers%s, %.1f s of audio, %d clips longer than num_samples=%d "

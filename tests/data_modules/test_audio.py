@@ -195,6 +195,26 @@ def test_batch_shapes_padding_and_shift(short_clips):
     assert sorted(real.values()) == [30, 50, 64, 90, 120, 200, 256, 300]
 
 
+def test_pad_with_silence_makes_the_padding_part_of_the_clip(short_clips):
+    """pad_with=silence: every position is input and target, and the padded targets are the
+    codec's code for 0.0 (what a generator must emit after the utterance)."""
+    n = 128
+    kw = dict(root=str(short_clips), split="random", num_samples=n, batch_size=8, val_fraction=0.25,
+              test_fraction=0.25)
+    masked = next(iter(AudioDataModule(**kw).test_dataloader()))
+    silent_dm = AudioDataModule(**kw, pad_with="silence")
+    silent = next(iter(silent_dm.test_dataloader()))
+    assert masked["path"] == silent["path"]
+    assert (masked["labels"] == IGNORE_INDEX).any()  # some test clip is shorter than n
+    assert silent["mask"].all() and (silent["labels"] != IGNORE_INDEX).all() and (silent["length"] == n).all()
+    assert torch.equal(silent["input_ids"], masked["input_ids"])
+    was_padding = masked["labels"] == IGNORE_INDEX
+    assert torch.equal(silent["labels"][~was_padding], masked["labels"][~was_padding])  # real targets unchanged
+    assert (silent["labels"][was_padding] == silent_dm.codec.pad_id).all()  # the rest is silence
+    with pytest.raises(ValueError, match="pad_with"):
+        AudioDataModule(**kw, pad_with="zeros")
+
+
 def test_collate_label_shift_on_a_hand_example():
     codec = AudioCodec()
     items = [{"tokens": torch.tensor([5, 6, 7, 128, 128]), "waveform": torch.zeros(5), "length": 3,
