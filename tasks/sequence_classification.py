@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import AUROC, Accuracy, F1Score, MatthewsCorrCoef
+from torchmetrics.classification import AUROC, Accuracy, F1Score
 
 from mamba_seq import MambaBackbone, MambaConfig
 
 from .causal_lm import adamw_param_groups, adamw_warmup_cosine
+from .evaluation import BinaryMCC, MulticlassMCC
 
 POOLINGS = ("mean", "max", "last")
 
@@ -111,7 +112,7 @@ class SequenceClassificationTask(pl.LightningModule):
         task = "binary" if num_classes == 2 else "multiclass"
         kw = {"task": task} if task == "binary" else {"task": task, "num_classes": num_classes}
         metrics = MetricCollection({
-            "acc": Accuracy(**kw), "mcc": MatthewsCorrCoef(**kw), "f1": F1Score(**kw), "auroc": AUROC(**kw),
+            "acc": Accuracy(**kw), "mcc": BinaryMCC() if task == "binary" else MulticlassMCC(num_classes), "f1": F1Score(**kw), "auroc": AUROC(**kw),
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from tasks.evaluation import (
+    BinaryMCC,
+    MulticlassMCC,
     accuracy,
     auroc,
     average_precision,
@@ -182,3 +184,40 @@ def test_single_class_resamples_are_redrawn():
 def test_bad_inputs_say_what_is_wrong(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_interval(auroc, torch.tensor(scores), torch.tensor(labels), n_boot=10)
+
+
+def test_mcc_metric_is_zero_for_a_constant_predictor():
+    """torchmetrics' MatthewsCorrCoef gives 0.068 here; a predictor that says "negative" for every
+    sequence has no correlation with the labels, and a checkpoint monitor must not reward it."""
+    labels = torch.cat([torch.ones(86), torch.zeros(300)]).long()
+    for constant in (0.1, 0.9):
+        m = BinaryMCC()
+        m.update(torch.full((386,), constant), labels)
+        assert m.compute().item() == 0.0
+    m = MulticlassMCC(3)
+    m.update(torch.zeros(30, dtype=torch.long), torch.arange(30) % 3)
+    assert m.compute().item() == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mcc_metric_matches_the_formula_over_batches(seed):
+    """Accumulated over uneven batches, BinaryMCC equals `mcc` of the whole split (the
+    tp tn - fp fn formula); MulticlassMCC at K = 2 equals it too, and at K = 3 it equals the
+    covariance form computed by hand with numpy."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(200, generator=g) < 0.3).long()
+    scores = (labels * 0.3 + torch.rand(200, generator=g) * 0.8).clamp(0, 1)
+    m, m2 = BinaryMCC(), MulticlassMCC(2)
+    for lo, hi in ((0, 7), (7, 120), (120, 200)):
+        m.update(scores[lo:hi], labels[lo:hi])
+        m2.update((scores[lo:hi] > 0.5).long(), labels[lo:hi])
+    expected = mcc((scores > 0.5).long(), labels).item()
+    assert m.compute().item() == pytest.approx(expected, abs=1e-6)
+    assert m2.compute().item() == pytest.approx(expected, abs=1e-6)
+    y = torch.randint(0, 3, (300,), generator=g)
+    p = torch.where(torch.rand(300, generator=g) < 0.6, y, torch.randint(0, 3, (300,), generator=g))
+    m3 = MulticlassMCC(3)
+    m3.update(p, y)
+    Y, P = np.eye(3)[y.numpy()], np.eye(3)[p.numpy()]
+    cov = lambda a, b: ((a - a.mean(0)) * (b - b.mean(0))).sum()  # noqa: E731
+    assert m3.compute().item() == pytest.approx(cov(Y, P) / math.sqrt(cov(Y, Y) * cov(P, P)), abs=1e-6)
