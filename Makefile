@@ -13,7 +13,7 @@ else
 TORCH_SPEC ?= torch==2.13.0
 endif
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast fuzz clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -36,6 +36,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# property-based parser fuzzing with many more examples than the CI profile (tests/fuzz/conftest.py)
+fuzz: setup
+	$(BIN)/python -m pytest -q tests/fuzz --hypothesis-profile=long
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

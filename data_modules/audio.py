@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class AudioCodec:
 
 
 # -- reading ----------------------------------------------------------------------------------------
+_MAX_RESAMPLE_KERNEL = 1 << 24  # elements (64 MB of float32); 44100 -> 16000 Hz needs 0.08 M
 _BAD_HINT = "re-export it as PCM WAV/FLAC or remove it (or set data.on_bad_file=skip to leave it out)"
 
 
@@ -155,6 +157,16 @@ def _read_audio(path: Path, sample_rate: int, notes: Counter | None) -> torch.Te
     if rate <= 0:
         raise ValueError(f"{path}: the header gives sample rate {rate}; {_BAD_HINT}")
     if rate != sample_rate:
+        # torchaudio's sinc kernel is (new/g, orig/g + 2*width) floats (g = gcd of the rates): a
+        # corrupt header rate (e.g. 5697682 Hz) would ask for tens of GB, a rate coprime with ours
+        # (e.g. 24987 Hz) for ~1 GB and seconds per clip
+        g = math.gcd(int(rate), sample_rate)
+        orig, new = int(rate) // g, sample_rate // g
+        kernel = new * (orig + 2 * math.ceil(6 * orig / (min(orig, new) * 0.99)))
+        if kernel > _MAX_RESAMPLE_KERNEL:
+            raise ValueError(f"{path}: the header gives sample rate {rate} Hz, which resamples to {sample_rate} Hz "
+                             f"only through a {kernel:,}-element kernel (corrupt header, or an unusual rate); "
+                             f"resample it offline (e.g. `sox in.wav -r {sample_rate} out.wav`) or {_BAD_HINT}")
         wave = AF.resample(wave, int(rate), sample_rate)
         if notes is not None:
             notes[f"resampled from {rate} Hz to {sample_rate} Hz"] += 1

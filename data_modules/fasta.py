@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import struct
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -304,7 +305,10 @@ class FastaFile:
         try:
             self._handle = pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=False,
                                          rebuild=rebuild, build_index=rebuild)
-        except (pyfaidx.FastaIndexingError, RuntimeError, ValueError, OSError) as err:
+        # struct.error, zlib.error, EOFError: Bio.bgzf reading a BGZF block whose header (e.g. BSIZE) is
+        # corrupt, which the gzip-based scan can't see
+        except (pyfaidx.FastaIndexingError, RuntimeError, ValueError, OSError, EOFError, struct.error,
+                zlib.error) as err:
             raise ValueError(f"{self.source}: pyfaidx could not index or open {self.path} "
                              f"({type(err).__name__}: {err}); fix the file, or delete a stale index beside it") from None
         self._pid = os.getpid()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import logging
 from collections import Counter
 from pathlib import Path
@@ -42,8 +43,15 @@ def read_table(path: Path, sequence_column: str | None, label_column: str, id_co
     sequence_column None: a label table for a FASTA file (sequence None, the id column required)."""
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab", ".txt") else ","
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # utf-8, with or without the BOM that Excel writes
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; save the table "
+                         "as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
         header = reader.fieldnames or []
         for col in (sequence_column, label_column, id_column, split_column, *(where or {})):
             if col is not None and col not in header:
@@ -63,8 +71,10 @@ def read_table(path: Path, sequence_column: str | None, label_column: str, id_co
                 split = SPLIT_NAMES.get((row[split_column] or "").strip().lower())
                 if split is None:
                     raise ValueError(f"{path}, line {line}: split {row[split_column]!r} is not one of train/val/test")
-            ident = row[id_column] if id_column else str(len(rows))
+            ident = (row[id_column] or "") if id_column else str(len(rows))  # None: the row has no id cell
             rows.append((ident, seq, label, split, line))
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {reader.line_num}: {err}; fix the row's quoting") from None
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" matching {where}" if where else ""))
     return rows

@@ -36,6 +36,7 @@ CLNSIG_LABELS = {
 }
 _ALLELE = re.compile(r"^[ACGTNacgtn]+$")
 _IUPAC = re.compile(r"^[ACGTNRYSWKMBDHVacgtnryswkmbdhv]+$")
+_DIGITS = re.compile(r"[0-9]{1,15}\Z")  # a position as written in a file (re.match anchors the start)
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,10 @@ def read_vcf(path: str | Path, label_key: str | None = "CLNSIG", label_map: dict
                     raise ValueError(f"{path}:{lineno}: {len(fields)} tab-separated columns, a VCF record has at "
                                      f"least 8 (CHROM POS ID REF ALT QUAL FILTER INFO)")
                 chrom, pos_s, vid, ref, alts = fields[:5]
-                try:
-                    pos = int(pos_s)
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: POS {pos_s!r} is not an integer") from None
+                # plain ASCII digits only: int() would also take '4_3044315', ' 12' and non-ASCII digits
+                if not _DIGITS.match(pos_s):
+                    raise ValueError(f"{path}:{lineno}: POS {pos_s!r} is not an integer")
+                pos = int(pos_s)
                 if pos < 1:
                     raise ValueError(f"{path}:{lineno}: POS {pos} (VCF positions are 1-based)")
                 if not _IUPAC.match(ref):
@@ -187,10 +188,9 @@ def read_variant_table(path: str | Path, chrom_column: str = "chrom", pos_column
             if None in row or any(row[c] is None for c in header):
                 raise ValueError(f"{path}:{lineno}: {len([v for v in row.values() if v is not None])} fields, "
                                  f"the header has {len(header)}")
-            try:
-                pos = int(row[pos_column])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: {pos_column} {row[pos_column]!r} is not an integer") from None
+            if not _DIGITS.match(row[pos_column]):  # as in read_vcf: plain ASCII digits only
+                raise ValueError(f"{path}:{lineno}: {pos_column} {row[pos_column]!r} is not an integer")
+            pos = int(row[pos_column])
             if pos < 1:
                 raise ValueError(f"{path}:{lineno}: {pos_column} {pos} (positions are 1-based)")
             ref, alt = row[ref_column], row[alt_column]

@@ -1,6 +1,8 @@
 """`mamba-seq fit|validate|test|predict [key=value ...]`: Hydra-composed runs from the command line.
 `mamba-seq generate ckpt_path=... [key=value ...]`: samples from a causal-LM run's checkpoint
 (tasks/generate_samples.py; its keys are its own, not config overrides).
+`mamba-seq export ckpt_path=... out=model.safetensors`: the model weights + config as safetensors.
+`ckpt_path=last` (with `paths.output_dir=<the run dir>`): the run's newest complete checkpoint.
 
 The configs ship inside the installed package (the `configs` package), so the command works
 from any directory. Every run writes its resolved config, checkpoints, metrics.csv and
@@ -19,11 +21,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 SUBCOMMANDS = {
-    "fit": "train (resume with ckpt_path=...)",
+    "fit": "train (resume: ckpt_path=last paths.output_dir=<the run dir>, or ckpt_path=FILE)",
     "validate": "evaluate a checkpoint (ckpt_path=...) on the validation split",
     "test": "evaluate a checkpoint (ckpt_path=...) on the test split",
     "predict": "score the predict split with a checkpoint (ckpt_path=...), write predictions.tsv",
     "generate": "sample clips / sequences from a causal-LM checkpoint (ckpt_path=...; `generate --help`)",
+    "export": "write a checkpoint's model weights + config as safetensors (ckpt_path=... out=FILE)",
 }
 
 log = logging.getLogger("mamba_seq")
@@ -73,6 +76,7 @@ def help_text() -> str:
         "examples:",
         "  mamba-seq fit",
         "  mamba-seq fit experiment=dna_pretrain data.fasta=genome.fa.gz trainer.max_steps=2000 model.d_model=128",
+        "  mamba-seq fit ckpt_path=last paths.output_dir=outputs/dna_pretrain/<run>   # resume a killed run",
         "  mamba-seq validate ckpt_path=outputs/dna_pretrain/<run>/checkpoints/last.ckpt",
         "  mamba-seq generate ckpt_path=outputs/speech_digits/<run>/checkpoints/last.ckpt n=16 seconds=1 out_dir=samples",
     ]
@@ -90,8 +94,28 @@ def compose(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="mamba_seq"):
             return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise SystemExit(f"mamba-seq: config error: {err}") from None
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        # Hydra's grammar errors ("no viable alternative at input '['") and its ValueError for an
+        # empty key name no override: say which ones were given
+        msg = str(err)
+        keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+        if not any(k and k in msg for k in keys):
+            msg += f" (in the overrides {overrides})"
+        raise SystemExit(f"mamba-seq: config error: {msg}") from None
+
+
+def resolve_last_or_exit(subcommand: str, run_dir: Path) -> Path:
+    """`ckpt_path=last`: the newest complete checkpoint in RUN_DIR/checkpoints, or exit saying what to give."""
+    from tasks.checkpointing import resolve_last
+
+    try:
+        return resolve_last(run_dir / "checkpoints")
+    except FileNotFoundError as err:
+        raise SystemExit(
+            f"mamba-seq {subcommand}: ckpt_path=last: {err}. Give the directory of the run to resume: "
+            "ckpt_path=last paths.output_dir=outputs/<run_name>/<date> (the default output_dir is a new, "
+            "timestamped directory), or ckpt_path=FILE"
+        ) from None
 
 
 def run(subcommand: str, cfg: DictConfig) -> dict:
@@ -102,6 +126,8 @@ def run(subcommand: str, cfg: DictConfig) -> dict:
 
     from tasks.prediction_writer import TSVPredictionWriter
 
+    if cfg.get("ckpt_path") == "last":
+        cfg.ckpt_path = str(resolve_last_or_exit(subcommand, Path(cfg.paths.output_dir)))
     trains = getattr(get_class(cfg.task._target_), "trains", True)  # False: a zero-shot task, built from its config
     if subcommand == "fit" and not trains:
         raise SystemExit(f"mamba-seq fit: {cfg.task._target_} trains nothing; run `mamba-seq test` or `predict`")
@@ -181,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.generate_samples import main as generate_main
 
         return generate_main(overrides)
+    if subcommand == "export":
+        from tasks.checkpointing import export_main
+
+        return export_main(overrides)
     if subcommand not in SUBCOMMANDS:
         print(f"mamba-seq: unknown subcommand {subcommand!r}\n\n{help_text()}", file=sys.stderr)
         return 2
@@ -194,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    run(subcommand, cfg)
+    from tasks.numeric_guard import NonFiniteError
+
+    try:
+        run(subcommand, cfg)
+    except NonFiniteError as err:
+        raise SystemExit(f"mamba-seq {subcommand}: stopped: {err}") from None
     return 0
 
 

@@ -4,10 +4,11 @@ from .audio_classifier import AudioClassifierTask
 from .causal_lm import CausalLMTask
 from .generation_scoring import classifier_probabilities, inception_score, score_clips
 from .masked_lm import MaskedLMTask
+from .numeric_guard import NonFiniteError, NonFiniteGuard
 from .sequence_classification import SequenceClassificationTask
 from .variant_effect import VariantEffectTask, ZeroShotVariantTask
 
 __all__ = [
-    "AudioClassifierTask", "CausalLMTask", "MaskedLMTask", "SequenceClassificationTask", "VariantEffectTask",
+    "AudioClassifierTask", "CausalLMTask", "MaskedLMTask", "NonFiniteError", "NonFiniteGuard", "SequenceClassificationTask", "VariantEffectTask",
     "ZeroShotVariantTask", "classifier_probabilities", "inception_score", "score_clips",
 ]

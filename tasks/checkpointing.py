@@ -1,0 +1,268 @@
+"""Checkpoints that survive a kill: atomic writes, `ckpt_path=last` resolution, data-position resume,
+and safetensors export.
+
+* AtomicModelCheckpoint: Lightning's ModelCheckpoint, but every file (top-k, step, `last.ckpt`) is
+  written to a temporary file in the same directory, fsynced, then os.replace()d over its name, so
+  a kill mid-write never leaves a half-written file under a checkpoint name. `last.ckpt` is always a
+  real file (save_last="link" copies and replaces, never a symlink that can dangle). It refuses to
+  save while a NonFiniteGuard has seen a non-finite value since the last good step, or when a weight
+  is not finite, so a NaN checkpoint never replaces a good one.
+* resolve_last(checkpoint_dir): the newest checkpoint that loads (torch.load weights_only=True, with
+  state_dict and global_step); a truncated or corrupt file is skipped and logged.
+* ResumeDataPosition: on a mid-epoch resume, skips the training sampler past the samples the
+  interrupted run already consumed in that epoch, so the resumed run sees the same batches as an
+  uninterrupted one (Lightning restarts a non-stateful loader at the epoch's first batch).
+* export_safetensors / load_safetensors: model weights + the MambaConfig (JSON metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(filepath: str) -> str:
+    head, tail = os.path.split(filepath)
+    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+
+
+def atomic_replace(tmp: str, filepath: str) -> None:
+    """fsync `tmp`, then rename it over `filepath` (atomic on POSIX within one filesystem)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, filepath)
+    _fsync_dir(os.path.dirname(os.path.abspath(filepath)))
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose files appear whole or not at all (see the module docstring).
+    Arguments are ModelCheckpoint's, e.g. every_n_train_steps=500 saves (and replaces last.ckpt)
+    every 500 optimizer steps."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning 2.6 defers a step save until validation while the monitored metric (val/bpb) is
+        # missing, so a run would have no checkpoint before its first validation: save last.ckpt then.
+        every = self._every_n_train_steps
+        if (pl_module.automatic_optimization and self.monitor is not None and every >= 1
+                and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer)):
+            candidates = self._monitor_candidates(trainer)
+            if self.monitor not in candidates:
+                self._save_last_checkpoint(trainer, candidates)
+                return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _refuse_reason(self, trainer: "pl.Trainer") -> str | None:
+        for cb in trainer.callbacks:
+            if getattr(cb, "is_nonfinite_guard", False) and cb.unhealthy:
+                return (f"{type(cb).__name__} saw a non-finite value at global step {cb.last_bad_step} "
+                        "and no good step since")
+        module = trainer.lightning_module
+        if module is not None:
+            for name, p in module.named_parameters():
+                if not torch.isfinite(p.detach()).all():
+                    return f"weight {name} is not finite"
+        return None
+
+    def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        reason = self._refuse_reason(trainer)
+        if reason is not None:
+            log.warning("not saving checkpoint %s at global step %d: %s", filepath, trainer.global_step, reason)
+            return
+        tmp = _tmp_name(filepath)
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            atomic_replace(tmp, filepath)
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    @staticmethod
+    def _link_checkpoint(trainer: "pl.Trainer", filepath: str, linkpath: str) -> None:
+        # save_last="link": a copy renamed into place, not a symlink that dangles once top-k removes its target
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
+                shutil.rmtree(linkpath)
+            tmp = _tmp_name(linkpath)
+            shutil.copyfile(filepath, tmp)
+            if os.path.islink(linkpath):
+                os.remove(linkpath)
+            atomic_replace(tmp, linkpath)
+        trainer.strategy.barrier()
+
+
+# -- ckpt_path=last --------------------------------------------------------------------------------
+def checkpoint_problem(path: str | Path) -> str | None:
+    """None if `path` loads with weights_only=True and holds state_dict and global_step; else why not."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, ...
+        return f"does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        return "loads but has no state_dict / global_step"
+    return None
+
+
+def resolve_last(checkpoint_dir: str | Path) -> Path:
+    """The newest complete checkpoint (by modification time) in `checkpoint_dir`; incomplete ones are
+    skipped and logged. Raises FileNotFoundError naming the directory when there is none."""
+    checkpoint_dir = Path(checkpoint_dir)
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if checkpoint_dir.is_dir() else []
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                log.warning("ckpt_path=last: skipped %s", "; ".join(skipped))
+            log.info("ckpt_path=last: resuming from %s (the newest complete checkpoint)", path)
+            return path
+        skipped.append(f"{path.name}: {problem}")
+    detail = f" (incomplete: {'; '.join(skipped)})" if skipped else ""
+    raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir}{detail}")
+
+
+# -- data position on resume -----------------------------------------------------------------------
+class _SkipFirst(Sampler[int]):
+    """Yields the wrapped sampler's indices after the first `skip`, once; then it is the wrapped
+    sampler again (len and set_epoch forwarded)."""
+
+    def __init__(self, inner, skip: int):
+        self.inner, self.skip = inner, skip
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, index in enumerate(self.inner):
+            if i >= skip:
+                yield index
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int):
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+
+class ResumeDataPosition(pl.Callback):
+    """After a mid-epoch resume, start the training loader where the interrupted run left off.
+
+    Lightning 2 restores the epoch and the number of batches done in it, but restarts a loader
+    without state_dict/load_state_dict at its first batch, so the resumed run would see the epoch's
+    first batches again. The data modules here draw window k of epoch e from (seed, e, k) (e.g.
+    FastaDataModule's EpochSampler), so skipping the sampler past batches_done * batch_size indices
+    (no data is read) gives exactly the batches of an uninterrupted run. Off for data modules with
+    sequence-length warm-up (`train_stage_fn` set), whose stage loaders are built from the global step.
+    """
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # on_train_start: after the loader is built and the loops restored, before its first batch is
+        # drawn (Lightning skips on_train_epoch_start when it restarts mid-epoch)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if not getattr(trainer.fit_loop, "restarted_mid_epoch", epoch_loop.restarting):
+            return
+        done = epoch_loop.batch_progress.current.processed
+        if done <= 0:
+            return
+        if getattr(trainer.datamodule, "train_stage_fn", None) is not None:
+            return
+        loader = trainer.fit_loop._combined_loader
+        for dl in loader.flattened if loader is not None else []:
+            bs = getattr(dl, "batch_sampler", None)
+            if bs is None or not hasattr(bs, "sampler") or not getattr(bs, "batch_size", None):
+                log.warning("resume: cannot skip the train loader to batch %d (no batch sampler); "
+                            "the epoch restarts at its first batch", done)
+                continue
+            bs.sampler = _SkipFirst(bs.sampler, done * bs.batch_size)
+            log.info("resume: train loader continues at batch %d of epoch %d", done, trainer.current_epoch)
+
+
+# -- safetensors -----------------------------------------------------------------------------------
+MODEL_PREFIX = "model."
+
+
+def export_safetensors(ckpt_path: str | Path, out_path: str | Path) -> Path:
+    """The backbone/LM weights of a task checkpoint (the `model.` submodule) as safetensors, with the
+    MambaConfig as JSON in the metadata key `mamba_config`. Written atomically."""
+    from safetensors.torch import save_file
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "model" not in hparams:
+        raise ValueError(f"{ckpt_path}: no model config in hyper_parameters; is it a mamba-seq task checkpoint?")
+    state = {k[len(MODEL_PREFIX):]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    if not state:
+        raise ValueError(f"{ckpt_path}: no `model.` weights in the state_dict")
+    # tied weights share storage: safetensors refuses shared tensors, so store clones
+    state = {k: v.clone() for k, v in state.items()}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(str(out_path))
+    save_file(state, tmp, metadata={"mamba_config": json.dumps(dict(hparams["model"])),
+                                    "global_step": str(ckpt.get("global_step", ""))})
+    atomic_replace(tmp, str(out_path))
+    return out_path
+
+
+def load_safetensors(path: str | Path):
+    """-> (MambaConfig, state_dict) from a file written by export_safetensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mamba_seq import MambaConfig
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "mamba_config" not in meta:
+        raise ValueError(f"{path}: no mamba_config metadata; not written by mamba-seq export")
+    return MambaConfig.from_dict(json.loads(meta["mamba_config"])), load_file(str(path))
+
+
+def export_main(args: list[str]) -> int:
+    """`mamba-seq export ckpt_path=RUN/checkpoints/last.ckpt out=model.safetensors`"""
+    usage = "usage: mamba-seq export ckpt_path=PATH out=FILE.safetensors"
+    if any(a in ("-h", "--help") for a in args):
+        print(usage + "\n  writes the model weights and its config (JSON metadata `mamba_config`)")
+        return 0
+    kv = {}
+    for a in args:
+        if "=" not in a:
+            raise SystemExit(f"mamba-seq export: expected key=value, got {a!r}\n{usage}")
+        k, v = a.split("=", 1)
+        if k not in ("ckpt_path", "out"):
+            raise SystemExit(f"mamba-seq export: unknown key {k!r}\n{usage}")
+        kv[k] = v
+    if "ckpt_path" not in kv or "out" not in kv:
+        raise SystemExit(f"mamba-seq export: give ckpt_path= and out=\n{usage}")
+    if not Path(kv["ckpt_path"]).is_file():
+        raise SystemExit(f"mamba-seq export: checkpoint not found: {kv['ckpt_path']}")
+    out = export_safetensors(kv["ckpt_path"], kv["out"])
+    print(f"wrote {out}")
+    return 0
