@@ -365,7 +365,11 @@ class FastaDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         pin_memory: bool = False,
+        eval_seq_len: int | None = None,
+        eval_batch_size: int | None = None,
     ):
+        """eval_seq_len, eval_batch_size: val/test/predict windows and batches of their own (default
+        seq_len, batch_size), e.g. to train at 2^20 on a genome whose held-out ends are shorter."""
         super().__init__()
         if split not in ("region", "contig", "bed"):
             raise ValueError(f"data.split must be 'region', 'contig' or 'bed', got {split!r}")
@@ -378,6 +382,9 @@ class FastaDataModule(pl.LightningDataModule):
                              f"test_contigs={test_contigs})")
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len}, {batch_size}")
+        if (eval_seq_len is not None and eval_seq_len < 1) or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"data.eval_seq_len and data.eval_batch_size must be >= 1 or null, got {eval_seq_len}, "
+                             f"{eval_batch_size}")
         if split == "region" and not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
             raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
         if train_windows_per_epoch is not None and train_windows_per_epoch < 1:
@@ -394,6 +401,8 @@ class FastaDataModule(pl.LightningDataModule):
         self.train_windows_per_epoch, self.rc_augment, self.cache_dir = train_windows_per_epoch, rc_augment, cache_dir
         self.tokenizer = DNATokenizer()
         self.window = seq_len + 1  # inputs plus the next base of the last one
+        self.eval_seq_len = seq_len if eval_seq_len is None else eval_seq_len
+        self.eval_window, self.eval_batch_size = self.eval_seq_len + 1, eval_batch_size or batch_size
         self.fasta: FastaFile | None = None
         self.n_index: NRunIndex | None = None
         self.intervals: dict[str, list[Interval]] = {}
@@ -490,16 +499,20 @@ class FastaDataModule(pl.LightningDataModule):
         return totals
 
     def _no_window_error(self, part: str, ivs: list[Interval], longest_contig: int) -> ValueError:
-        hint = {"region": "lower data.seq_len or data.val_fraction/test_fraction",
-                "contig": "lower data.seq_len or choose other val_contigs/test_contigs",
-                "bed": f"lower data.seq_len or give longer {part} rows in {self.bed}"}[self.split]
+        key = "eval_seq_len" if part != "train" and self.eval_window != self.window else "seq_len"
+        hint = {"region": f"lower data.{key} or data.val_fraction/test_fraction",
+                "contig": f"lower data.{key} or choose other val_contigs/test_contigs",
+                "bed": f"lower data.{key} or give longer {part} rows in {self.bed}"}[self.split]
         if self.max_n_run is not None:
             hint += f" (or raise data.max_n_run={self.max_n_run}: longer runs of N cut intervals)"
         return ValueError(
-            f"{self.fasta.source}: the {part} split has no interval of seq_len+1 = {self.window} bases "
-            f"(data.seq_len={self.seq_len}; longest {part} interval: {max((len(iv) for iv in ivs), default=0)}, "
+            f"{self.fasta.source}: the {part} split has no interval of {key}+1 = {self._window(part)} bases "
+            f"(data.{key}={self._window(part) - 1}; longest {part} interval: {max((len(iv) for iv in ivs), default=0)}, "
             f"longest contig: {longest_contig}); {hint}"
         )
+
+    def _window(self, part: str) -> int:
+        return self.window if part == "train" else self.eval_window
 
     def setup(self, stage: str | None = None):
         if self.fasta is not None:
@@ -522,7 +535,8 @@ class FastaDataModule(pl.LightningDataModule):
             if self.max_n_run is not None:
                 ivs, dropped, runs_cut = cut_long_n_runs(split_ivs, self.n_index, self.max_n_run)
             self.intervals[part] = ivs
-            usable = [iv for iv in ivs if len(iv) >= self.window]
+            window = self._window(part)
+            usable = [iv for iv in ivs if len(iv) >= window]
             st = stats[part]
             gaps = ("" if self.max_n_run is None else
                     f"; {dropped} bases in {runs_cut} runs of more than {self.max_n_run} N cut out")
@@ -530,14 +544,14 @@ class FastaDataModule(pl.LightningDataModule):
                 "%s split: %d bases in %d intervals (%d N, %d IUPAC codes read as N, %d soft-masked)%s; "
                 "%d intervals shorter than one window of %d bases left out (%d bases)",
                 part, st["bases"], len(split_ivs), st["n_count"], st["iupac_to_n"], st["soft_masked"], gaps,
-                len(ivs) - len(usable), self.window, sum(len(iv) for iv in ivs) - sum(len(iv) for iv in usable),
+                len(ivs) - len(usable), window, sum(len(iv) for iv in ivs) - sum(len(iv) for iv in usable),
             )
             if not usable and self._requested(part, split_ivs):
                 raise self._no_window_error(part, ivs, longest)
         self.train_set = self._train_windows(self.window, self.train_windows_per_epoch)
         kw = dict(n_index=self.n_index, max_n_fraction=self.max_n_fraction)
-        self.val_set = TiledWindows(self.fasta, self.tokenizer, self.window, self.intervals["val"], **kw)
-        self.test_set = TiledWindows(self.fasta, self.tokenizer, self.window, self.intervals["test"], **kw)
+        self.val_set = TiledWindows(self.fasta, self.tokenizer, self.eval_window, self.intervals["val"], **kw)
+        self.test_set = TiledWindows(self.fasta, self.tokenizer, self.eval_window, self.intervals["test"], **kw)
         redrawn = ("" if self.max_n_fraction is None else
                    f"; about {100 * self.train_set.redraw_rate():.1f}% of draws hold more than "
                    f"max_n_fraction={self.max_n_fraction} N and are drawn again")
@@ -570,10 +584,10 @@ class FastaDataModule(pl.LightningDataModule):
         return self._loader(dataset, EpochSampler(len(dataset)), batch_size=stage.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, batch_size=self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, batch_size=self.eval_batch_size)

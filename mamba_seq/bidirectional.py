@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from einops import rearrange
 
 from .config import MambaConfig
-from .mixer import MambaMixer, add_ssm_branch
+from .mixer import MambaMixer, add_ssm_branch, project_in, project_out
 
 
 class BiMambaMixer(MambaMixer):
@@ -28,9 +27,8 @@ class BiMambaMixer(MambaMixer):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # hidden: (batch, L, d_model); mask: (batch, L) bool, True at real tokens -> (batch, L, d_model)
-        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
-        x, z = xz.chunk(2, dim=1)
+        x, z = project_in(self.in_proj, hidden).chunk(2, dim=1)  # (batch, d_inner, L) each
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)  # conv inputs beyond the sequence are zero
         y = self.ssm(x, z, self, mask) + self.ssm(x, z, self.rev, mask, reverse=True)
-        return self.out_proj(rearrange(y, "b d l -> b l d"))
+        return project_out(self.out_proj, y)

@@ -2,7 +2,7 @@
 State Spaces" (2023), with the reference initialisation.
 
     x, z = in_proj(h)                       expand 2: two (d_inner) streams
-    x = silu(causal depthwise conv_k4(x))
+    x = silu(causal depthwise conv_k4(x))   kernels/causal_conv1d (fused, Triton on CUDA)
     dt, B, C = x_proj(x)                    dt is low rank (dt_rank), B and C are (d_state)
     dt = dt_proj(dt)                        its bias goes into the scan (softplus inside)
     y = selective_scan(x, dt, -exp(A_log), B, C, D, z)   y = SSM(x) * silu(z)
@@ -22,13 +22,43 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
+from kernels.causal_conv1d import causal_conv1d
 from kernels.selective_scan import selective_scan
 from kernels.selective_state_update import causal_conv1d_step, selective_state_update
 
 from .config import MambaConfig
 from .inference import StepConstants
+
+
+# -- projections in the scan's layout ----------------------------------------------------------------
+# The conv and the scan read (batch, channels, L) activations with time contiguous. The projections
+# produce and consume them in that layout directly, as one GEMM over all batch x L positions (as
+# mamba_ssm does), so no (batch, d_inner, L) activation is ever transposed in memory: at L = 2^20
+# each such transpose is a strided copy of a GiB, and there would be several per block.
+
+def project_in(linear: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    # hidden (batch, L, d_in) contiguous -> linear(hidden) as (batch, d_out, L), time contiguous
+    # (strides (L, batch*L, 1): a view of one (d_out, batch*L) GEMM output)
+    b, L, _ = hidden.shape
+    h = hidden.reshape(b * L, -1).t()  # (d_in, batch*L), a view
+    y = linear.weight @ h if linear.bias is None else torch.addmm(linear.bias[:, None], linear.weight, h)
+    return y.view(-1, b, L).transpose(0, 1)
+
+
+def project_channels(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # x (batch, d_in, L), time contiguous -> weight @ x: (batch, d_out, L) in project_in's layout.
+    # A view for batch 1 or project_in's layout, else one copy of contiguous time rows.
+    b, d, L = x.shape
+    return (weight @ x.transpose(0, 1).reshape(d, b * L)).view(-1, b, L).transpose(0, 1)
+
+
+def project_out(linear: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    # y (batch, d_in, L), time contiguous -> linear over channels: (batch, L, d_out) contiguous
+    b, d, L = y.shape
+    y2 = y.transpose(0, 1).reshape(d, b * L).t()  # (batch*L, d_in), column-major: the GEMM reads it as is
+    out = y2 @ linear.weight.t() if linear.bias is None else torch.addmm(linear.bias, y2, linear.weight.t())
+    return out.view(b, L, -1)
 
 
 def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -86,21 +116,16 @@ class MambaMixer(nn.Module):
         Prefill only (causal): conv_prefix (batch, d_inner, d_conv - 1), the conv inputs just before
         x (instead of zeros); initial_state (batch, d_inner, N) fp32; return_final_state -> also the
         state after the last position."""
-        L = x.shape[-1]
         conv = branch.conv1d
         if reverse:  # the mirror image of the causal conv, with no flipped copy of x
             k = conv.kernel_size[0]
-            x = F.conv1d(F.pad(x, (0, k - 1)), conv.weight.flip(-1), conv.bias, groups=conv.groups)
-        elif conv_prefix is not None:
-            x = F.conv1d(torch.cat([conv_prefix.to(x.dtype), x], dim=-1), conv.weight, conv.bias, groups=conv.groups)
-        else:
-            x = conv(x)[..., :L]
-        x = F.silu(x)
-        x_dbl = branch.x_proj(rearrange(x, "b d l -> b l d"))  # (batch, L, dt_rank + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(dt @ branch.dt_proj.weight.t(), "b l d -> b d l")  # bias is applied in the scan
-        B = rearrange(B, "b l n -> b n l").contiguous()
-        C = rearrange(C, "b l n -> b n l").contiguous()
+            x = F.silu(F.conv1d(F.pad(x, (0, k - 1)), conv.weight.flip(-1), conv.bias, groups=conv.groups))
+        else:  # one fused conv + SiLU (Triton on CUDA), linear in L, continuing from conv_prefix
+            prefix = None if conv_prefix is None else conv_prefix.to(x.dtype)
+            x = causal_conv1d(x, conv.weight[:, 0], conv.bias, prefix=prefix, silu=True)
+        x_dbl = project_channels(branch.x_proj.weight, x)  # (batch, dt_rank + 2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)  # B, C: (batch, N, L)
+        dt = project_channels(branch.dt_proj.weight, dt)  # (batch, d_inner, L); its bias is applied in the scan
         bias, softplus = branch.dt_proj.bias.float(), True
         if mask is not None:  # padded steps: dt = 0 -> decay 1 and no input: the state passes through
             dt = F.softplus(dt.float() + bias[:, None]) * mask[:, None, :]
@@ -113,9 +138,8 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: (batch, L, d_model) -> (batch, L, d_model)
-        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
-        x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
-        return self.out_proj(rearrange(self.ssm(x, z, self), "b d l -> b l d"))
+        x, z = project_in(self.in_proj, hidden).chunk(2, dim=1)  # (batch, d_inner, L) each, time contiguous
+        return project_out(self.out_proj, self.ssm(x, z, self))
 
     # -- recurrent inference ---------------------------------------------------------------------
 
@@ -183,16 +207,34 @@ class MambaMixer(nn.Module):
         )
         return self.out_proj(y)
 
+    def forward_segment(self, hidden: torch.Tensor, conv_prefix: torch.Tensor, ssm_state: torch.Tensor):
+        """The forward over a segment that continues a sequence, differentiable in everything:
+        hidden (batch, L, d_model), L >= 1; conv_prefix (batch, d_inner, P), P >= d_conv - 1, the conv
+        inputs of the P positions before (zeros at a sequence start); ssm_state (batch, d_inner, N)
+        fp32, the state there -> (out (batch, L, d_model), the same two (P wide) for the position
+        after the segment). Chained over consecutive segments it equals one forward over all of
+        them (segment-wise training passes gradients back through both states)."""
+        self._check_causal()
+        k1 = self.conv1d.kernel_size[0] - 1
+        if conv_prefix.shape[-1] < k1:
+            raise ValueError(f"conv_prefix holds {conv_prefix.shape[-1]} positions; the conv needs the last {k1}")
+        x, z = project_in(self.in_proj, hidden).chunk(2, dim=1)  # (batch, d_inner, L) each
+        y, final = self.ssm(x, z, self, conv_prefix=conv_prefix[:, :, conv_prefix.shape[-1] - k1:],
+                            initial_state=ssm_state, return_final_state=True)
+        # the last P conv inputs (reaching into the old prefix when L < P), as a tensor of their own:
+        # a view would keep the whole segment's x alive (segment-wise training stores these)
+        L, P = x.shape[-1], conv_prefix.shape[-1]
+        if L >= P:
+            new_prefix = x[:, :, L - P:].clone()
+        else:
+            new_prefix = torch.cat([conv_prefix[:, :, L:].to(x.dtype), x], dim=-1)
+        return project_out(self.out_proj, y), new_prefix, final
+
     def prefill(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         # hidden: (batch, L, d_model), L >= 1 -> (batch, L, d_model): the parallel forward over L
         # positions that follow the states given (zeros: a fresh start, then equal to forward), which
         # are left in place as they are after the L positions
-        self._check_causal()
-        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")
-        x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
-        k = conv_state.shape[-1]
-        prefix = conv_state[:, :, 1:].clone()  # the k - 1 conv inputs before x
-        y, final = self.ssm(x, z, self, conv_prefix=prefix, initial_state=ssm_state, return_final_state=True)
-        conv_state.copy_(torch.cat([prefix.to(x.dtype), x], dim=-1)[:, :, -k:])  # zeros on the left if L < k
+        out, conv, final = self.forward_segment(hidden, conv_state, ssm_state)
+        conv_state.copy_(conv)
         ssm_state.copy_(final)
-        return self.out_proj(rearrange(y, "b d l -> b l d"))
+        return out

@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from kernels.selective_state_update import add_rms_norm
 
@@ -60,6 +61,19 @@ class MambaBlock(nn.Module):
         hidden = self.mixer(normed, mask) if self.bidirectional else self.mixer(normed)
         return hidden, residual
 
+    def residual_update(self, residual: torch.Tensor) -> torch.Tensor:
+        # residual: (batch, L, d_model), the sum of the embedding and every earlier block's output
+        # -> that sum after this block. Numerically `forward` (the add happens in the next block
+        # there); a checkpointed backbone saves only this one tensor per block.
+        return residual + self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+
+    def residual_update_segment(self, residual, conv_prefix, ssm_state):
+        # as residual_update over a segment that continues a sequence (MambaMixer.forward_segment)
+        # -> (residual after this block, conv_prefix and ssm_state after the segment)
+        out, conv_prefix, ssm_state = self.mixer.forward_segment(
+            self.norm(residual.to(self.norm.weight.dtype)), conv_prefix, ssm_state)
+        return residual + out, conv_prefix, ssm_state
+
     def _add_residual(self, hidden, residual):
         # as forward: -> (norm(hidden + residual), hidden + residual)
         residual = hidden if residual is None else residual + hidden
@@ -98,6 +112,15 @@ class MambaBackbone(nn.Module):
             self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(MambaBlock(layer_config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(layer_config.d_model, eps=config.norm_eps)
+        # Per-block activation checkpointing while training (set_activation_checkpointing): keep
+        # one residual-stream tensor per block and recompute the block in the backward pass.
+        self.activation_checkpointing = False
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every block in the backward pass, keeping only its input (the fp32 residual
+        stream, 4 bytes x d_model per token per block). With it a 16-block d_model 256 model trains
+        at 2^20 tokens in a fraction of the memory, for about one extra forward pass."""
+        self.activation_checkpointing = bool(enabled)
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: (batch, L) int64; mask: (batch, L) bool, True at real tokens (only a
@@ -109,11 +132,51 @@ class MambaBackbone(nn.Module):
                 lengths = check_right_padded(mask)
             hidden = to_strands(hidden, lengths)  # (2 batch, L, d_model/2); both strands right-padded
             mask = None if mask is None else torch.cat([mask, mask])
-        for layer in self.layers:
-            hidden, residual = layer(hidden, residual, mask)
-        residual = hidden if residual is None else residual + hidden
+        if self.activation_checkpointing and torch.is_grad_enabled() and not self.config.bidirectional:
+            residual = hidden.float() if self.config.residual_in_fp32 else hidden
+            for layer in self.layers:
+                residual = checkpoint(layer.residual_update, residual, use_reentrant=False)
+        else:
+            for layer in self.layers:
+                hidden, residual = layer(hidden, residual, mask)
+            residual = hidden if residual is None else residual + hidden
         out = self.norm_f(residual.to(self.norm_f.weight.dtype))
         return from_strands(out, lengths) if self.rc_equivariant else out
+
+    # -- segments of one long sequence (causal only) -----------------------------------------------
+
+    def initial_segment_state(self, batch_size: int, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
+        """The state at a sequence's start, as forward_segment takes it: per layer a conv prefix
+        (batch, d_inner, d_conv - 1) in `dtype` and an SSM state (batch, d_inner, N) fp32, all zeros,
+        flattened [prefix_0, ssm_0, prefix_1, ...] (a flat list is what autograd hands around)."""
+        check_can_decode(self.config)
+        device = self.embedding.weight.device if device is None else device
+        state = []
+        for layer in self.layers:
+            m = layer.mixer
+            state.append(torch.zeros(batch_size, m.d_inner, m.conv1d.kernel_size[0] - 1, dtype=dtype, device=device))
+            state.append(torch.zeros(batch_size, m.d_inner, m.d_state, dtype=torch.float32, device=device))
+        return state
+
+    def forward_segment(self, input_ids: torch.Tensor, state: list[torch.Tensor]):
+        """input_ids (batch, L) continuing the sequence whose state is `state` (initial_segment_state
+        at its start) -> (final-norm hidden states (batch, L, d_model), the state after the segment).
+        Differentiable in the parameters and in `state`: chaining segments equals one forward pass,
+        and gradients flow back across the boundaries (mamba_seq/long_sequence.py)."""
+        check_can_decode(self.config)
+        residual = self.embedding(input_ids)
+        if self.config.residual_in_fp32:
+            residual = residual.float()
+        new_state = []
+        use_ckpt = self.activation_checkpointing and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            args = (residual, state[2 * i], state[2 * i + 1])
+            if use_ckpt:
+                residual, prefix, ssm = checkpoint(layer.residual_update_segment, *args, use_reentrant=False)
+            else:
+                residual, prefix, ssm = layer.residual_update_segment(*args)
+            new_state += [prefix, ssm]
+        return self.norm_f(residual.to(self.norm_f.weight.dtype)), new_state
 
     # -- recurrent inference (causal only) ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from mamba_seq import MambaConfig, MambaLMHeadModel, no_weight_decay_param_names
+from mamba_seq.long_sequence import chunked_lm_nll, segmented_lm_nll
 
 LN2 = math.log(2.0)
 IGNORE_INDEX = -100  # a label that is no target (padding)
@@ -70,8 +71,19 @@ class CausalLMTask(pl.LightningModule):
         eps: float = 1e-8,
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
+        activation_checkpointing: bool = False,
+        loss_chunk_tokens: int = 65536,
+        segment_len: int | None = None,
     ):
+        """activation_checkpointing: recompute each block in the backward pass (memory for long
+        sequences); loss_chunk_tokens: the LM head and loss run this many positions at a time (no
+        full (L, vocab) logits); segment_len: process longer sequences in segments of this many
+        positions with the exact state and its gradient carried across (mamba_seq/long_sequence.py):
+        memory of one segment, the same gradients as one piece."""
         super().__init__()
+        if loss_chunk_tokens < 1 or (segment_len is not None and segment_len < 1):
+            raise ValueError(f"task.loss_chunk_tokens and task.segment_len must be >= 1, got {loss_chunk_tokens}, "
+                             f"{segment_len}")
         config = model if isinstance(model, MambaConfig) else MambaConfig.from_dict(dict(model))
         if config.bidirectional or config.rc_equivariant:
             # an RC-equivariant model's reverse strand reads every position from the right, so
@@ -84,6 +96,7 @@ class CausalLMTask(pl.LightningModule):
         self.hparams["model"] = config.to_dict()
         self.hparams["betas"] = [float(b) for b in betas]
         self.model = MambaLMHeadModel(config)
+        self.model.backbone.set_activation_checkpointing(activation_checkpointing)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
 
@@ -107,10 +120,16 @@ class CausalLMTask(pl.LightningModule):
 
     def _real_mean(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         # -> (mean NLL in nats over the batch's real targets (0 if there is none), their number);
-        #    both 0-dim tensors (no host sync)
-        nll = self._token_nll(batch)
+        #    both 0-dim tensors (no host sync). Never materialises more than loss_chunk_tokens
+        #    positions of logits; over segment_len, one segment's activations at a time.
+        ids, labels = batch["input_ids"], batch["labels"]
+        seg, chunk = self.hparams.segment_len, self.hparams.loss_chunk_tokens
+        if seg is not None and ids.shape[1] > seg:
+            nll = segmented_lm_nll(self.model, ids, labels, seg, chunk)
+        else:
+            nll = chunked_lm_nll(self.model.backbone(ids), self.model.lm_head.weight, labels, chunk)
         count = self._targets(batch).sum()
-        return nll.sum() / count.clamp_min(1), count
+        return nll / count.clamp_min(1), count
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._real_mean(batch)

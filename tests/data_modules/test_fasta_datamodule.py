@@ -281,3 +281,17 @@ def test_val_contigs_with_a_region_split_is_an_error(lambda_fa):
 
 def test_interval_length():
     assert len(Interval("a", 10, 25)) == 15
+
+
+def test_eval_windows_of_their_own_length(lambda_fa, tmp_path):
+    # train at 4095 while the 2,425-base held-out ends only fit 1023-base windows
+    dm = make(lambda_fa, tmp_path, seq_len=4095, batch_size=2, eval_seq_len=1023, eval_batch_size=1)
+    (train,) = batches(dm.train_dataloader(), 1)
+    assert train["input_ids"].shape == (2, 4095)
+    val = batches(dm.val_dataloader())
+    assert [b["input_ids"].shape for b in val] == [(1, 1023)] * (2425 // 1024)
+    for contig, start in windows_of(val):
+        assert inside(dm.intervals["val"], contig, start, 1024)
+    # an eval window too long for the held-out ends names eval_seq_len, not seq_len
+    with pytest.raises(ValueError, match=r"val split has no interval of eval_seq_len\+1 = 3001 bases"):
+        make(lambda_fa, tmp_path, seq_len=4095, eval_seq_len=3000)
