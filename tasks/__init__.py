@@ -6,6 +6,7 @@ from .generation_scoring import classifier_probabilities, inception_score, score
 from .masked_lm import MaskedLMTask
 from .numeric_guard import NonFiniteError, NonFiniteGuard
 from .sequence_classification import SequenceClassificationTask
+from .streaming_scores import StreamingLMScores  # noqa: F401
 from .variant_effect import VariantEffectTask, ZeroShotVariantTask
 
 __all__ = [
