@@ -94,9 +94,11 @@ class SeqLenWarmup(pl.Callback):
         stage = self.stage_at(trainer.global_step)
         if stage.end_step is None:
             return stage
-        steps_left = stage.end_step - trainer.global_step
-        windows = steps_left * trainer.accumulate_grad_batches * trainer.world_size * stage.batch_size
-        log.info("seq-len warm-up: steps %d-%d: seq_len %d, batch size %d (%d windows)", trainer.global_step,
+        # the whole stage's windows even when resuming mid-stage: the epoch (its sampler's draws) is
+        # then the one an uninterrupted run had, and ResumeDataPosition skips the batches already done
+        steps = stage.end_step - stage.first_step
+        windows = steps * trainer.accumulate_grad_batches * trainer.world_size * stage.batch_size
+        log.info("seq-len warm-up: steps %d-%d: seq_len %d, batch size %d (%d windows)", stage.first_step,
                  stage.end_step - 1, stage.seq_len, stage.batch_size, windows)
         return TrainStage(stage.seq_len, stage.batch_size, windows, stage.first_step, stage.end_step)
 

@@ -12,20 +12,31 @@ and safetensors export.
 * ResumeDataPosition: on a mid-epoch resume, skips the training sampler past the samples the
   interrupted run already consumed in that epoch, so the resumed run sees the same batches as an
   uninterrupted one (Lightning restarts a non-stateful loader at the epoch's first batch).
+* ResumeRNGState: the global RNG states (torch, CUDA, numpy, python random) go into every checkpoint
+  and are restored when training resumes, so random draws in training steps (dropout, MLM masks)
+  continue as in an uninterrupted run (each step starts from the states the previous one ended with).
+* ResumableCSVLogger: Lightning's CSVLogger, but a resumed run keeps the interrupted run's
+  metrics.csv (rows up to the checkpoint) and appends to it, so the whole curve survives.
 * export_safetensors / load_safetensors: model weights + the MambaConfig (JSON metadata).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import random
 import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Sampler
 
 log = logging.getLogger(__name__)
@@ -130,6 +141,15 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dict, loaded without unpickling code (weights_only) and with its tensors
+    memory-mapped, so reading hyper_parameters or global_step costs no copy of the weights."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def resolve_last(checkpoint_dir: str | Path) -> Path:
     """The newest complete checkpoint (by modification time) in `checkpoint_dir`; incomplete ones are
     skipped and logged. Raises FileNotFoundError naming the directory when there is none."""
@@ -178,8 +198,8 @@ class ResumeDataPosition(pl.Callback):
     without state_dict/load_state_dict at its first batch, so the resumed run would see the epoch's
     first batches again. The data modules here draw window k of epoch e from (seed, e, k) (e.g.
     FastaDataModule's EpochSampler), so skipping the sampler past batches_done * batch_size indices
-    (no data is read) gives exactly the batches of an uninterrupted run. Off for data modules with
-    sequence-length warm-up (`train_stage_fn` set), whose stage loaders are built from the global step.
+    (no data is read) gives exactly the batches of an uninterrupted run. With sequence-length warm-up
+    each stage is an epoch whose loader holds the whole stage, so the same skip applies.
     """
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -189,9 +209,9 @@ class ResumeDataPosition(pl.Callback):
         if not getattr(trainer.fit_loop, "restarted_mid_epoch", epoch_loop.restarting):
             return
         done = epoch_loop.batch_progress.current.processed
-        if done <= 0:
-            return
-        if getattr(trainer.datamodule, "train_stage_fn", None) is not None:
+        # a checkpoint from the epoch's last batch: Lightning starts the next epoch (its batch count
+        # is reset later), so there is nothing to skip; skipping `done` would empty that epoch
+        if done <= 0 or epoch_loop.batch_progress.is_last_batch or done >= trainer.num_training_batches:
             return
         loader = trainer.fit_loop._combined_loader
         for dl in loader.flattened if loader is not None else []:
@@ -202,6 +222,119 @@ class ResumeDataPosition(pl.Callback):
                 continue
             bs.sampler = _SkipFirst(bs.sampler, done * bs.batch_size)
             log.info("resume: train loader continues at batch %d of epoch %d", done, trainer.current_epoch)
+
+
+# -- RNG states on resume --------------------------------------------------------------------------
+def rng_states() -> dict:
+    """This process's global RNG states as tensors and plain numbers (they load with weights_only=True)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # the current device's
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+class ResumeRNGState(pl.Callback):
+    """Saves the global RNG states with every checkpoint and restores them on resume, so the random
+    draws of the training steps (dropout, masked-LM masks) after a resume are the uninterrupted run's.
+
+    Lightning 2 saves no RNG state. And between two training steps Lightning itself draws from the
+    global torch generator (each new DataLoader iterator takes a seed; validation may draw), at
+    points that differ between a resumed and an uninterrupted run. So each training step starts
+    from the RNG states at the end of the previous step: those are what a checkpoint holds, and a
+    resumed run's first step starts from them. Multi-process runs restore nothing (a checkpoint
+    holds rank 0's states only) and say so."""
+
+    def __init__(self):
+        self._after_step: dict | None = None  # the RNG states at the end of the last training step
+        self._restored = False
+
+    def state_dict(self) -> dict:
+        # Lightning runs checkpoint callbacks after all others, so a save at a step's end finds
+        # on_train_batch_end below already run for that step
+        return self._after_step if self._after_step is not None else rng_states()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._after_step, self._restored = state_dict, True
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._restored and trainer.world_size > 1:
+            log.warning("resume: RNG states not restored (%d processes; the checkpoint holds rank 0's only)",
+                        trainer.world_size)
+            self._after_step = None
+        elif self._restored:
+            log.info("resume: the first step starts from the checkpoint's RNG states")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._after_step is not None:
+            set_rng_states(self._after_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._after_step = rng_states()
+
+
+# -- metrics.csv on resume -------------------------------------------------------------------------
+class _ResumedExperimentWriter(ExperimentWriter):
+    """Keeps metrics.csv (Lightning's writer deletes it): rows logged at steps below `first_step`
+    stay, later ones (logged by the interrupted run after its checkpoint, and logged again by the
+    resumed run) go, and its columns are carried over so appended rows line up."""
+
+    def __init__(self, log_dir: str, first_step: int):
+        self._first_step = first_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = self.metrics_file_path
+        if not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = [r for r in reader if not r.get("step") or int(float(r["step"])) < self._first_step]
+        tmp = _tmp_name(path)
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_replace(tmp, path)
+        self.metrics_keys = sorted(columns)
+        log.info("resume: %s keeps %d rows of the interrupted run (steps below %d)", path, len(rows), self._first_step)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a resume: call resume_from(step) before training (the
+    CLI does for `fit ckpt_path=...`); otherwise it is Lightning's CSVLogger."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_step: int | None = None
+
+    def resume_from(self, first_step: int) -> None:
+        """Keep the rows of metrics.csv logged before `first_step` (the first step the resumed run logs)."""
+        self._resume_step = first_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self._resume_step is not None and rank_zero_only.rank == 0:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumedExperimentWriter(self.log_dir, self._resume_step)
+        return super().experiment
 
 
 # -- safetensors -----------------------------------------------------------------------------------
