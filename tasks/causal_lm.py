@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from mamba_seq import MambaConfig, MambaLMHeadModel, no_weight_decay_param_names
-from mamba_seq.long_sequence import chunked_lm_nll, segmented_lm_nll
+from mamba_seq.long_sequence import IGNORE_INDEX, chunked_lm_nll, segmented_lm_nll
 
 LN2 = math.log(2.0)
-IGNORE_INDEX = -100  # a label that is no target (padding)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
