@@ -133,7 +133,7 @@ class MambaBackbone(nn.Module):
             hidden = to_strands(hidden, lengths)  # (2 batch, L, d_model/2); both strands right-padded
             mask = None if mask is None else torch.cat([mask, mask])
         if self.activation_checkpointing and torch.is_grad_enabled() and not self.config.bidirectional:
-            residual = hidden.float() if self.config.residual_in_fp32 else hidden
+            residual = self.residual_start(hidden)
             for layer in self.layers:
                 residual = checkpoint(layer.residual_update, residual, use_reentrant=False)
         else:
@@ -142,6 +142,10 @@ class MambaBackbone(nn.Module):
             residual = hidden if residual is None else residual + hidden
         out = self.norm_f(residual.to(self.norm_f.weight.dtype))
         return from_strands(out, lengths) if self.rc_equivariant else out
+
+    def residual_start(self, embedded: torch.Tensor) -> torch.Tensor:
+        # the residual stream as the first block's residual_update takes it (fp32 when configured)
+        return embedded.float() if self.config.residual_in_fp32 else embedded
 
     # -- segments of one long sequence (causal only) -----------------------------------------------
 
@@ -164,9 +168,7 @@ class MambaBackbone(nn.Module):
         Differentiable in the parameters and in `state`: chaining segments equals one forward pass,
         and gradients flow back across the boundaries (mamba_seq/long_sequence.py)."""
         check_can_decode(self.config)
-        residual = self.embedding(input_ids)
-        if self.config.residual_in_fp32:
-            residual = residual.float()
+        residual = self.residual_start(self.embedding(input_ids))
         new_state = []
         use_ckpt = self.activation_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):

@@ -93,9 +93,7 @@ def sequence_parallel_lm_nll(model: MambaLMHeadModel, input_ids: torch.Tensor, l
     backbone, weight = model.backbone, model.lm_head.weight
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     state0 = backbone.initial_segment_state(input_ids.shape[0], dtype=weight.dtype)
-    residual = backbone.embedding(input_ids)
-    if backbone.config.residual_in_fp32:
-        residual = residual.float()
+    residual = backbone.residual_start(backbone.embedding(input_ids))
     to_loss = []
     for i, layer in enumerate(backbone.layers):
         prefix, ssm = state0[2 * i], state0[2 * i + 1]
