@@ -111,3 +111,22 @@ def test_gpu_segmented_equals_one_piece_bf16_triton():
     for name in ref[1]:
         scale = ref[1][name].abs().max()
         assert (got[1][name] - ref[1][name]).abs().max() <= 2e-2 * scale, name
+
+
+def test_bad_chunk_and_segment_lengths_are_named():
+    model = tiny_model()
+    ids, labels = data(L=8)
+    with pytest.raises(ValueError, match="chunk_tokens must be >= 1, got 0"):
+        chunked_lm_nll(model.backbone(ids), model.lm_head.weight, labels, 0)
+    with pytest.raises(ValueError, match="segment_len must be >= 1, got 0"):
+        segmented_lm_nll(model, ids, labels, 0)
+
+
+def test_causal_lm_task_names_bad_long_sequence_options():
+    from tasks import CausalLMTask
+
+    config = dict(d_model=16, n_layer=1, vocab_size=12, d_state=4)
+    with pytest.raises(ValueError, match=r"task.loss_chunk_tokens and task.segment_len must be >= 1, got 65536, 0"):
+        CausalLMTask(config, segment_len=0)
+    with pytest.raises(ValueError, match=r"got 0, None"):
+        CausalLMTask(config, loss_chunk_tokens=0)
