@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Issue 5's speech pipeline on one GPU, in device calls of under 10 minutes each: fit the SC09-size
-# LM on the spoken digits (resuming across calls), then test NLL (bits/sample) on the held-out
-# speaker as stored and peak-normalised, and generate 1-s clips. The digit classifier that scores
-# the clips is trained and applied on the CPU (`mamba-seq fit experiment=digit_classifier`, then
-# `mamba-seq generate`'s scoring or score_clips).
+# LM on the spoken digits at FSDD's 8 kHz (resuming across calls), then test NLL (bits/sample) on
+# the held-out speaker as stored and peak-normalised, generate 1-s clips from silence, and continue
+# the first 0.1 s of held-out recordings (lucas and nicolas, recordings 0-4: neither model trained
+# on them), scored by the digit classifier.
+# The classifier is trained on the CPU (`mamba-seq fit experiment=digit_classifier`) and its
+# checkpoint carried as $CLASSIFIER (default .data/digit_classifier.ckpt).
 # Run from the repo root on the GPU machine, carrying .whl (../shared/tools/device-wheels.sh) and
-# .data/fsdd (a copy of ../shared/data/audio/fsdd: the GPU machine has no shared/):
-#   FIT_TIME=00:00:09:00 bash benchmarks/speech_gpu.sh fit      # first call: a new run
-#   FIT_TIME=00:00:18:00 bash benchmarks/speech_gpu.sh resume   # later calls on the same machine; max_time
+# .data (fsdd: a copy of ../shared/data/audio/fsdd, the GPU machine has no shared/; the classifier):
+#   FIT_TIME=00:00:09:30 bash benchmarks/speech_gpu.sh fit      # first call: a new run
+#   FIT_TIME=00:00:19:00 bash benchmarks/speech_gpu.sh resume   # later calls on the same machine; max_time
 #       counts the resumed run's earlier time too (Lightning restores its Timer): give the total
-#   N=64 bash benchmarks/speech_gpu.sh eval                      # test NLL + generated clips
+#   N=256 bash benchmarks/speech_gpu.sh eval                     # test NLL + generated clips + scores
 # The run lives in outputs/speech_gpu (ignored by git), which stays on the machine between calls
 # while it is held; it goes back after 30 s idle, so issue the next call at once. MAX_STEPS sets
 # the length of the LR schedule (warm-up, then cosine to 0.1 lr).
@@ -36,15 +38,23 @@ case "${1:-fit}" in
     cp "$R/speech_lm.log" "$R/speech_lm/logs/metrics.csv" "$OUT/" 2>/dev/null ;;
   eval)
     CK=$(best $R/speech_lm)
+    CLF=${CLASSIFIER:-.data/digit_classifier.ckpt}
     for norm in none peak; do
       ms test experiment=speech_digits trainer=gpu $DATA data.pad_with=mask data.normalize=$norm ckpt_path="$CK" \
          callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/test_$norm > "$R/test_$norm.log" 2>&1
       echo "test normalize=$norm rc=$?: $(grep -E 'test/bpb =' "$R/test_$norm.log")"
     done
-    t0=$SECONDS
-    ms generate ckpt_path="$CK" n=${N:-64} seconds=1 batch_size=${N:-64} seed=0 out_dir=$OUT/generated > "$R/generate.log" 2>&1
-    echo "generate rc=$? $((SECONDS - t0)) s"; tail -3 "$R/generate.log"
-    # the device tool brings back a limited number of files: one archive holds every clip and the PNG
-    tar czf "$OUT/generated.tgz" -C "$OUT" generated && rm -rf "$OUT/generated"
-    cp "$CK" "$OUT/speech_lm_best.ckpt"; cp "$R"/*.log "$OUT/" ;;
+    # from silence, and continuing the first 0.1 s of the 100 held-out recordings 0-4 of lucas and nicolas
+    F=${FSDD:-.data/fsdd}
+    for what in silence prompted; do
+      t0=$SECONDS
+      if [ $what = silence ]; then extra=(n=${N:-256} batch_size=${N:-256})
+      else extra=(n=100 batch_size=100 "prompt=$F/*_lucas_[0-4].wav,$F/*_nicolas_[0-4].wav" prompt_seconds=0.1); fi
+      ms generate ckpt_path="$CK" seconds=1 seed=0 classifier="$CLF" out_dir=$OUT/$what "${extra[@]}" \
+         > "$R/generate_$what.log" 2>&1
+      echo "generate $what rc=$? $((SECONDS - t0)) s"; grep -A2 "mamba-seq generate:" "$R/generate_$what.log"
+      # the device tool brings back at most 8 files: one archive per set of clips
+      tar czf "$OUT/$what.tgz" -C "$OUT" $what && rm -rf "$OUT/$what"
+    done
+    cp "$R"/*.log "$R/speech_lm/logs/metrics.csv" "$OUT/" 2>/dev/null; ls "$R/speech_lm/checkpoints" ;;
 esac

@@ -8,10 +8,15 @@ checkpoints; `config=PATH` to give another) says what the tokens are:
 - an audio run (data: AudioDataModule): the codec (kind, bits) and sample rate come from it. Each
   clip is `seconds` long, starting from the codec's id of 0.0 (silence), or from the first
   `prompt_seconds` of the WAV `prompt` (read, resampled, normalised as the run's data were, and
-  quantised); the prompt counts in the clip's length. Written: sample_000.wav ... (16-bit PCM at
-  the sample rate), waveforms.png (waveform and spectrogram of each clip) and, with
-  classifier=CKPT (a `mamba-seq fit experiment=digit_classifier` checkpoint), scores.json (the
-  inception score and class histogram of the generated clips; tasks/generation_scoring.py).
+  quantised); the prompt counts in the clip's length. `prompt` may also name several recordings
+  (a folder, a glob, or a comma-separated list of these): clip i continues recording i mod k.
+  Written: sample_000.wav ... (16-bit PCM at the sample rate), waveforms.png (waveform and
+  spectrogram of each clip) and, with classifier=CKPT (a `mamba-seq fit
+  experiment=digit_classifier` checkpoint), scores.json: the inception score and class histogram
+  of the clips, and for prompts whose file names carry a label (FSDD's `{digit}_{speaker}_{i}`,
+  Speech Commands' class folders) the classifier's accuracy on the generated part alone (the
+  prompt cut off) against the prompt's label, with chance and a binomial p-value, beside its
+  accuracy on the real rest of the same recordings (tasks/generation_scoring.py).
 - a DNA run (data: a FASTA / labelled-sequence / variant module, the DNA tokenizer): `length`
   bases per sequence (seconds is ignored), from a random base (or a `prompt` of bases, literal or
   the first record of a FASTA file). Only base tokens (A C G T N) are sampled: the logits of the
@@ -25,6 +30,7 @@ the allowed set when one is wrong.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -103,7 +109,8 @@ ARGS = {
     "top_k": (_non_negative_int, 0, "sample from the k most likely tokens (0: all)"),
     "top_p": (_probability, 1.0, "nucleus sampling: the smallest set of tokens with this much probability"),
     "seed": (_optional_int, 0, "random seed (null: unseeded); batch i uses seed + i"),
-    "prompt": (_optional_str, None, "audio: a WAV to continue; DNA: bases or a FASTA file"),
+    "prompt": (_optional_str, None, "audio: a WAV to continue (or a folder / glob / comma list of them: clip i "
+                                    "continues file i mod k); DNA: bases or a FASTA file"),
     "prompt_seconds": (_positive_float, 0.25, "audio: how much of the prompt WAV to use"),
     "classifier": (_optional_str, None, "audio: an AudioClassifierTask checkpoint; writes scores.json"),
     "batch_size": (_positive_int, 16, "clips / sequences generated at once"),
@@ -304,19 +311,59 @@ def _device(name: str) -> str:
     return name
 
 
-def _audio_prompt(args: dict, cfg, codec, sample_rate: int) -> torch.Tensor:
-    """-> (P,) long: the codec's id of silence, or the first prompt_seconds of the prompt WAV."""
+def prompt_files(spec: str) -> list[Path]:
+    """prompt=: a WAV/FLAC file, a folder of them, or a glob; several joined by commas -> the files
+    in that order (a folder's and a glob's sorted by name)."""
+    from data_modules.audio import AUDIO_SUFFIXES
+
+    files: list[Path] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        path = Path(part)
+        if path.is_dir():
+            found = sorted(q for q in path.iterdir() if q.suffix.lower() in AUDIO_SUFFIXES and q.is_file())
+        elif glob.has_magic(part):
+            found = sorted(Path(q) for q in glob.glob(part) if Path(q).suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            found = [path]  # read_audio names it if it is missing or unreadable
+        if not found:
+            raise SystemExit(f"mamba-seq generate: prompt={part!r} holds no {'/'.join(AUDIO_SUFFIXES)} file")
+        files += found
+    return files
+
+
+def _audio_prompts(args: dict, cfg, codec, sample_rate: int) -> tuple[torch.Tensor, list[Path], list[torch.Tensor]]:
+    """-> (ids (k, P) long, the k prompt files, the k waves after the prompt): the codec's id of
+    silence (k = 1, no file), or the first prompt_seconds of each prompt recording (read,
+    resampled and normalised as the run's data were)."""
     from data_modules.audio import normalize_wave, read_audio
 
     if not args["prompt"]:
-        return codec.encode(torch.zeros(1))
-    wave = read_audio(args["prompt"], sample_rate)  # ValueError naming the file if unreadable
-    wave = normalize_wave(wave, cfg.data.get("normalize", "none") or "none", float(cfg.data.get("target_rms", 0.1)))
+        return codec.encode(torch.zeros(1, 1)), [], []
+    files = prompt_files(args["prompt"])
     want = max(1, round(args["prompt_seconds"] * sample_rate))
-    if len(wave) < want:
-        log.warning("prompt %s holds %.3f s, less than prompt_seconds=%s: using all of it", args["prompt"],
-                    len(wave) / sample_rate, args["prompt_seconds"])
-    return codec.encode(wave[:want])
+    how, rms = cfg.data.get("normalize", "none") or "none", float(cfg.data.get("target_rms", 0.1))
+    waves = [normalize_wave(read_audio(f, sample_rate), how, rms) for f in files]  # ValueError naming a bad file
+    if len(files) == 1 and len(waves[0]) < want:
+        log.warning("prompt %s holds %.3f s, less than prompt_seconds=%s: using all of it", files[0],
+                    len(waves[0]) / sample_rate, args["prompt_seconds"])
+        want = len(waves[0])
+    for f, w in zip(files, waves):  # one length for all: the streams of a batch advance together
+        if len(w) < want:
+            raise SystemExit(f"mamba-seq generate: prompt {f} holds {len(w) / sample_rate:.3f} s, less than "
+                             f"prompt_seconds={args['prompt_seconds']}: lower prompt_seconds or leave the file out")
+    ids = torch.stack([codec.encode(w[:want]) for w in waves])
+    return ids, files, [w[want:] for w in waves]
+
+
+def _prompt_labels(files: list[Path]) -> list[str] | None:
+    """The class of each prompt recording from its file name (FSDD) or folder (Speech
+    Commands), as the data module reads them; None if any has none."""
+    from data_modules.audio import clip_from_name
+
+    labels = [clip_from_name(f.resolve(), f.resolve().parent.parent).label for f in files]
+    return labels if all(labels) else None
 
 
 def _dna_prompt(args: dict, tokenizer, rng: torch.Generator, n: int) -> torch.Tensor:
@@ -379,23 +426,35 @@ def generate_from_checkpoint(args: dict) -> dict:
             raise SystemExit(f"mamba-seq generate: the checkpoint's model has vocab_size {config.vocab_size}, the run's "
                              f"codec {codec} has {codec.vocab_size} ids; is config={args['config']} this run's?")
         total = max(2, round(args["seconds"] * sample_rate))
-        prompt = _audio_prompt(args, cfg, codec, sample_rate)
-        if len(prompt) >= total:
+        prompts, prompt_paths, rests = _audio_prompts(args, cfg, codec, sample_rate)
+        n_prompt = prompts.shape[1]
+        if n_prompt >= total:
             raise SystemExit(f"mamba-seq generate: the prompt (prompt_seconds={args['prompt_seconds']}, "
-                             f"{len(prompt)} samples) must be shorter than seconds={args['seconds']} ({total} samples)")
+                             f"{n_prompt} samples) must be shorter than seconds={args['seconds']} ({total} samples)")
         allowed[: codec.vocab_size] = True
-        ids = sample_tokens(model, args["n"], total, prompt, allowed, **sampling)
+        of_clip = torch.arange(args["n"]) % prompts.shape[0]  # clip i continues prompt i mod k
+        ids = sample_tokens(model, args["n"], total, prompts[of_clip], allowed, **sampling)
         waves = codec.decode(ids)
         files = write_wavs(waves, sample_rate, out)
+        shown = (f"prompt {prompt_paths[0].name}" if len(prompt_paths) == 1 else f"{len(prompt_paths)} prompts")
         title = (f"{Path(args['ckpt_path']).name}: T={args['temperature']} top_k={args['top_k']} top_p={args['top_p']}"
-                 + (f", prompt {Path(args['prompt']).name} ({len(prompt) / sample_rate:.2f} s)" if args["prompt"] else ""))
+                 + (f", {shown} ({n_prompt / sample_rate:.2f} s)" if prompt_paths else ""))
         files.append(plot_waveforms(waves, sample_rate, out / "waveforms.png", title))
-        summary.update(sample_rate=sample_rate, codec=repr(codec), samples_per_clip=total, prompt_samples=len(prompt)
-                       if args["prompt"] else 0)
+        summary.update(sample_rate=sample_rate, codec=repr(codec), samples_per_clip=total,
+                       prompt_samples=n_prompt if prompt_paths else 0,
+                       prompt_files=[str(prompt_paths[i]) for i in of_clip] if prompt_paths else [])
         if args["classifier"]:
-            from .generation_scoring import score_clips
+            from .generation_scoring import continuation_scores, load_classifier, score_clips
 
-            scores = score_clips(args["classifier"], waves, sample_rate=sample_rate, batch_size=args["batch_size"])
+            classifier = load_classifier(args["classifier"])
+            scores = score_clips(classifier, waves, sample_rate=sample_rate, batch_size=args["batch_size"])
+            labels = _prompt_labels(prompt_paths) if prompt_paths else None
+            if labels is not None and set(labels) <= {str(c) for c in classifier.hparams.class_names}:
+                scores["continuation"] = continuation_scores(
+                    classifier, waves[:, n_prompt:], [rests[i][: total - n_prompt] for i in of_clip],
+                    [labels[i] for i in of_clip], sample_rate, batch_size=args["batch_size"])
+            elif prompt_paths:
+                log.info("the prompts' file names carry no class of the classifier's: no continuation accuracy")
             scores["classifier"] = str(args["classifier"])
             (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
             files.append(out / "scores.json")
@@ -436,5 +495,11 @@ def main(argv: list[str]) -> int:
         s = summary["scores"]
         lines.append(f"  inception score = {s['inception_score']:.3f} (of at most {len(s['class_names'])}); "
                      f"classes: {s['class_histogram']}")
+        if "continuation" in s:
+            c = s["continuation"]
+            real = f"{c['real_rest']['accuracy']:.3f}" if c["real_rest"] else "n/a"
+            lines.append(f"  continuations: accuracy {c['generated']['accuracy']:.3f} on the generated part "
+                         f"(n {c['generated']['n']}, chance {c['chance']:.3f}, binomial p {c['binomial_p']:.2g}); "
+                         f"real rest of the prompts: {real}")
     print("\n".join(lines), flush=True)
     return 0

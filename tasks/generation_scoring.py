@@ -1,5 +1,11 @@
 """Scores for generated clips, judged by a trained clip classifier (tasks.AudioClassifierTask).
 
+Prompted continuations (`continuation_scores`): each clip continues the start of a labelled
+recording (e.g. the first 0.1 s of a spoken digit) and only the generated part is classified.
+The prompt's label is then a reference, so "the classifier recognises the generated clips" has
+a direct measure: accuracy against chance (1 / classes), with a one-sided binomial p-value; the
+real rest of the same recordings, classified the same way, is the ceiling.
+
 Inception score (Salimans et al. 2016; the SC09 metric of WaveGAN, DiffWave, SaShiMi and Mamba):
     IS = exp( mean_i KL( p(y | x_i) || p(y) ) ),   p(y) = mean_i p(y | x_i)
 It lies in [1, C] for C classes: 1 when every clip gets the same class distribution (e.g. all
@@ -11,6 +17,7 @@ accuracy on real clips (the same score on real test clips is the ceiling to comp
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,3 +142,32 @@ def score_clips(classifier_ckpt, clips: Sequence | torch.Tensor, sample_rate: in
             raise ValueError(f"{len(y)} labels for {out['n']} clips")
         out["accuracy"] = float((predicted == y).double().mean())
     return out
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the one-sided p-value of k or more hits by chance."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    return float(min(1.0, sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))))
+
+
+def continuation_scores(classifier_ckpt, generated: torch.Tensor, real_rest: Sequence[torch.Tensor],
+                        labels: Sequence, sample_rate: int, batch_size: int = 64) -> dict:
+    """Prompted continuations judged against their prompt's label.
+
+    generated: (n, T) float, the generated part of each clip (the prompt cut off); real_rest: n 1-D
+    tensors, the same recordings after the prompt (the ceiling; empty ones are left out of it);
+    labels: the prompts' class names or indices, all at `sample_rate`.
+    -> {"generated": score_clips(...) with accuracy, "real_rest": likewise, "chance": 1 / C,
+        "hits", "binomial_p" (P(at least this many hits by chance))}."""
+    classifier = load_classifier(classifier_ckpt) if isinstance(classifier_ckpt, (str, os.PathLike)) else classifier_ckpt
+    names = [str(c) for c in classifier.hparams.class_names]
+    y = _label_indices(labels, names)
+    gen = score_clips(classifier, generated, sample_rate=sample_rate, labels=y, batch_size=batch_size)
+    keep = [i for i, w in enumerate(real_rest) if len(w) > 0]
+    real = (score_clips(classifier, [real_rest[i] for i in keep], sample_rate=sample_rate, labels=y[keep],
+                        batch_size=batch_size) if keep else None)
+    chance = 1.0 / len(names)
+    hits = round(gen["accuracy"] * gen["n"])
+    return {"generated": gen, "real_rest": real, "chance": chance, "hits": hits,
+            "binomial_p": binomial_tail(hits, gen["n"], chance)}

@@ -96,6 +96,44 @@ def test_audio_prompt_is_the_clips_beginning(tmp_path, audio_ckpt):
         np.testing.assert_allclose(wave[:40], expected.numpy(), atol=1e-4)
 
 
+def test_several_prompts_each_begin_their_clips_and_continuations_are_scored(tmp_path, audio_ckpt):
+    # FSDD-named recordings: the digit in the name is the label the continuation is judged against
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    t = np.arange(400) / SR
+    for name, freq in (("3_ann_0", 300), ("5_bob_1", 500), ("7_ann_2", 700)):
+        sf.write(folder / f"{name}.wav", (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
+    torch.manual_seed(0)
+    clf = AudioClassifierTask(num_classes=10, sample_rate=SR, class_names=[str(i) for i in range(10)], n_mels=16,
+                              channels=(4,))
+    clf_ckpt = save_ckpt(clf, tmp_path / "clf" / "last.ckpt")
+    out = tmp_path / "continued"
+    assert main(["generate", f"ckpt_path={audio_ckpt}", "n=4", "seconds=0.04", f"out_dir={out}", "batch_size=3",
+                 f"prompt={folder}", "prompt_seconds=0.01", f"classifier={clf_ckpt}"]) == 0
+    summary = json.loads((out / "generate.json").read_text())
+    names = [Path(f).name for f in summary["prompt_files"]]
+    assert names == ["3_ann_0.wav", "5_bob_1.wav", "7_ann_2.wav", "3_ann_0.wav"]  # clip i: prompt i mod 3
+    codec = AudioCodec("mu_law", 8)
+    for i, name in enumerate(names):
+        wave = sf.read(out / f"sample_{i:03d}.wav", dtype="float32")[0]
+        expected = codec.decode(codec.encode(torch.from_numpy(sf.read(folder / name, dtype="float32")[0][:80])))
+        np.testing.assert_allclose(wave[:80], expected.numpy(), atol=1e-4)
+    cont = json.loads((out / "scores.json").read_text())["continuation"]
+    assert cont["generated"]["n"] == 4 and cont["chance"] == pytest.approx(0.1)
+    assert cont["real_rest"]["n"] == 4  # 400-sample recordings, 80 of prompt: a real rest for each
+    # a glob and a comma list name the same files; a prompt shorter than prompt_seconds is an error
+    again = tmp_path / "glob"
+    assert main(["generate", f"ckpt_path={audio_ckpt}", "n=2", "seconds=0.04", f"out_dir={again}",
+                 f"prompt={folder}/3_*.wav,{folder}/7_ann_2.wav", "prompt_seconds=0.01"]) == 0
+    assert [Path(f).name for f in json.loads((again / "generate.json").read_text())["prompt_files"]] == \
+        ["3_ann_0.wav", "7_ann_2.wav"]
+    with pytest.raises(SystemExit, match=r"3_ann_0.wav holds 0.050 s, less than prompt_seconds=0.06"):
+        main(["generate", f"ckpt_path={audio_ckpt}", "n=2", "seconds=0.1", f"out_dir={again}",
+              f"prompt={folder}", "prompt_seconds=0.06"])
+    with pytest.raises(SystemExit, match="holds no"):
+        main(["generate", f"ckpt_path={audio_ckpt}", f"out_dir={again}", f"prompt={folder}/9_*.wav"])
+
+
 def test_dna_run_writes_fasta_of_bases(tmp_path):
     ckpt = make_run(tmp_path, "dna_run", [], 10)  # the default experiment: dna_pretrain
     out = tmp_path / "dna"

@@ -372,13 +372,14 @@ def test_speech_commands_split_is_speaker_disjoint(shared_data):
     assert (b["length"] == 16000).all() and (b["labels"][:, :-1] != IGNORE_INDEX).all()
 
 
-@pytest.mark.parametrize("name", ["speech_digits", "speech_commands"])
-def test_configs_instantiate(name, shared_data, monkeypatch):
+# speech_digits at FSDD's own 8 kHz (no interpolated samples), speech_commands at its 16 kHz
+@pytest.mark.parametrize("name,rate", [("speech_digits", 8000), ("speech_commands", 16000)])
+def test_configs_instantiate(name, rate, shared_data, monkeypatch):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("MAMBA_SEQ_SHARED_DATA", str(shared_data))
     cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(CONFIGS / f"{name}.yaml")})
     dm = instantiate(cfg.data, max_files=120)
-    assert isinstance(dm, AudioDataModule) and dm.sample_rate == 16000 and dm.num_samples == 16000
+    assert isinstance(dm, AudioDataModule) and dm.sample_rate == rate and dm.num_samples == rate
     assert dm.hparams.split == "speaker" and dm.vocab_size == 256
     assert math.isclose(dm.val_fraction, 0.1)

@@ -105,3 +105,39 @@ def _padded(waves):
     for i, w in enumerate(waves):
         batch[i, : len(w)] = torch.from_numpy(w)
     return batch, lengths
+
+
+def test_binomial_tail_matches_a_trial_by_trial_recursion():
+    from fractions import Fraction
+
+    from tasks.generation_scoring import binomial_tail
+
+    def exact_tail(k, n, p):  # the distribution of hits built one trial at a time, in exact fractions
+        dist = [Fraction(1)]
+        for _ in range(n):
+            dist = [(dist[j] if j < len(dist) else 0) * (1 - p) + (dist[j - 1] * p if j > 0 else 0)
+                    for j in range(len(dist) + 1)]
+        return float(sum(dist[k:]))
+
+    for k, n, p in [(0, 5, Fraction(1, 10)), (3, 10, Fraction(1, 10)), (19, 100, Fraction(1, 10)),
+                    (7, 7, Fraction(1, 2)), (40, 64, Fraction(1, 10))]:
+        assert binomial_tail(k, n, float(p)) == pytest.approx(exact_tail(k, n, p), rel=1e-9, abs=1e-300)
+    with pytest.raises(ValueError):
+        binomial_tail(6, 5, 0.1)
+
+
+def test_continuation_scores_judge_only_the_given_part_against_the_labels():
+    from tasks.generation_scoring import classifier_probabilities, continuation_scores
+
+    torch.manual_seed(0)
+    clf = AudioClassifierTask(num_classes=10, sample_rate=8000, class_names=[str(i) for i in range(10)], n_mels=16,
+                              channels=(4,))
+    gen = torch.randn(6, 800) * 0.3
+    rest = [torch.randn(n) * 0.3 for n in (500, 0, 800, 300, 800, 700)]  # an empty rest is left out of the ceiling
+    labels = ["1", "2", "3", "1", "2", "3"]
+    out = continuation_scores(clf, gen, rest, labels, sample_rate=8000)
+    predicted = classifier_probabilities(clf, gen).argmax(1)
+    hits = int((predicted == torch.tensor([1, 2, 3, 1, 2, 3])).sum())
+    assert out["hits"] == hits and out["generated"]["accuracy"] == pytest.approx(hits / 6)
+    assert out["chance"] == pytest.approx(0.1) and 0 < out["binomial_p"] <= 1
+    assert out["real_rest"]["n"] == 5
