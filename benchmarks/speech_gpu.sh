@@ -12,6 +12,8 @@
 #   FIT_TIME=00:00:19:00 bash benchmarks/speech_gpu.sh resume   # later calls on the same machine; max_time
 #       counts the resumed run's earlier time too (Lightning restores its Timer): give the total
 #   N=256 bash benchmarks/speech_gpu.sh eval                     # test NLL + generated clips + scores
+#   bash benchmarks/speech_gpu.sh export    # best weights as parts under 16 MiB, to generate elsewhere:
+#       python benchmarks/checkpoint_parts.py merge weights_part*.pt RUN/checkpoints/best.ckpt (config.yaml in RUN)
 # The run lives in outputs/speech_gpu (ignored by git), which stays on the machine between calls
 # while it is held; it goes back after 30 s idle, so issue the next call at once. MAX_STEPS sets
 # the length of the LR schedule (warm-up, then cosine to 0.1 lr).
@@ -27,7 +29,8 @@ DATA="data.root=${FSDD:-.data/fsdd}"
 ms() { echo "+ mamba-seq $*" >&2; python3 -m mamba_seq.cli "$@"; }
 best() { ls "$1"/checkpoints/step*.ckpt | head -1; }
 FIT=(experiment=speech_digits trainer=gpu $DATA trainer.max_steps=${MAX_STEPS:-5000}
-     +trainer.max_time=${FIT_TIME:-00:00:09:00} callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/speech_lm)
+     +trainer.max_time=${FIT_TIME:-00:00:09:00} callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/speech_lm
+     ${FIT_ARGS:-})
 case "${1:-fit}" in
   fit|resume)
     t0=$SECONDS
@@ -36,17 +39,15 @@ case "${1:-fit}" in
     echo "$1 rc=$? $((SECONDS - t0)) s"
     grep -E "val/bpb =|best checkpoint|Time limit|max_steps|Error" "$R/speech_lm.log" | tail -4
     cp "$R/speech_lm.log" "$R/speech_lm/logs/metrics.csv" "$OUT/" 2>/dev/null ;;
+  export)  # the best checkpoint's weights in parts small enough to come back (checkpoint_parts.py merge)
+    python3 benchmarks/checkpoint_parts.py split "$(best $R/speech_lm)" "$OUT" && cp "$R/speech_lm/config.yaml" "$OUT/"
+    ls "$R/speech_lm/checkpoints" ;;
   eval)
     CK=$(best $R/speech_lm)
     CLF=${CLASSIFIER:-.data/digit_classifier.ckpt}
-    for norm in none peak; do
-      ms test experiment=speech_digits trainer=gpu $DATA data.pad_with=mask data.normalize=$norm ckpt_path="$CK" \
-         callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/test_$norm > "$R/test_$norm.log" 2>&1
-      echo "test normalize=$norm rc=$?: $(grep -E 'test/bpb =' "$R/test_$norm.log")"
-    done
-    # from silence, and continuing the first 0.1 s of the 100 held-out recordings 0-4 of lucas and nicolas
+    # continuing the first 0.1 s of the 100 held-out recordings 0-4 of lucas and nicolas, and from silence
     F=${FSDD:-.data/fsdd}
-    for what in silence prompted; do
+    for what in prompted silence; do
       t0=$SECONDS
       if [ $what = silence ]; then extra=(n=${N:-256} batch_size=${N:-256})
       else extra=(n=100 batch_size=100 "prompt=$F/*_lucas_[0-4].wav,$F/*_nicolas_[0-4].wav" prompt_seconds=0.1); fi
@@ -55,6 +56,11 @@ case "${1:-fit}" in
       echo "generate $what rc=$? $((SECONDS - t0)) s"; grep -A2 "mamba-seq generate:" "$R/generate_$what.log"
       # the device tool brings back at most 8 files: one archive per set of clips
       tar czf "$OUT/$what.tgz" -C "$OUT" $what && rm -rf "$OUT/$what"
+    done
+    for norm in none peak; do
+      ms test experiment=speech_digits trainer=gpu $DATA data.pad_with=mask data.normalize=$norm ckpt_path="$CK" \
+         callbacks.progress_bar.refresh_rate=0 paths.output_dir=$R/test_$norm > "$R/test_$norm.log" 2>&1
+      echo "test normalize=$norm rc=$?: $(grep -E 'test/bpb =' "$R/test_$norm.log")"
     done
     cp "$R"/*.log "$R/speech_lm/logs/metrics.csv" "$OUT/" 2>/dev/null; ls "$R/speech_lm/checkpoints" ;;
 esac
