@@ -51,6 +51,8 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
+from .sharding import seeded_loader_sampler
+
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -631,8 +633,10 @@ class AudioDataModule(pl.LightningDataModule):
     # -- loaders
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         self.setup()
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.sets[part], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+        dataset = self.sets[part]
+        sampler, generator = seeded_loader_sampler(self.trainer, len(dataset), self.batch_size, self.seed, part,
+                                                   shuffle)  # this process's shard (data_modules/sharding.py)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, collate_fn=collate_next_sample)
 
     def train_dataloader(self):

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .fasta import FastaFile
+from .sharding import TrainShardSampler, data_parallel_shard, evaluation_sampler
 from .tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,10 @@ class FastaDataModule(pl.LightningDataModule):
     Batches: {"input_ids": (B, seq_len) int64, "labels": (B, seq_len) int64, "contig": list[str],
     "start": (B,) int64 0-based forward-strand start, "strand": (B,) int8 +1 / -1 (reverse complement)}.
 
+    batch_size is per process. Under data parallelism every process reads its own shard
+    (data_modules/sharding.py): each training step's count x batch_size windows split between the
+    shards, the val/test tiles in contiguous, disjoint parts.
+
     `train_stage_fn`, when set (by data_modules.SeqLenWarmup), is called each time the training
     loader is built and returns the stage to build it for: .seq_len, .batch_size and
     .windows_per_epoch (None: the usual epoch).
@@ -573,21 +578,32 @@ class FastaDataModule(pl.LightningDataModule):
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
+    def _train_loader(self, dataset: RandomWindows, batch_size: int) -> DataLoader:
+        # window k of epoch e is dataset index e*n + k on every shard; each shard takes its part of every step
+        index, count = data_parallel_shard(self.trainer)
+        sampler = TrainShardSampler(EpochSampler(len(dataset)), batch_size, index, count)
+        return self._loader(dataset, sampler, batch_size=batch_size)
+
+    def _eval_loader(self, dataset: TiledWindows, split: str) -> DataLoader:
+        index, count = data_parallel_shard(self.trainer)
+        sampler = evaluation_sampler(len(dataset), index, count, split)
+        return self._loader(dataset, sampler, batch_size=self.eval_batch_size)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_stage_fn is None:
-            return self._loader(self.train_set, EpochSampler(len(self.train_set)))
+            return self._train_loader(self.train_set, self.batch_size)
         stage = self.train_stage_fn()
         if stage.seq_len == self.seq_len and stage.windows_per_epoch is None:
             dataset = self.train_set
         else:  # a warm-up stage: shorter windows (they fit wherever seq_len's do), its own epoch length
             dataset = self._train_windows(stage.seq_len + 1, stage.windows_per_epoch or len(self.train_set))
-        return self._loader(dataset, EpochSampler(len(dataset)), batch_size=stage.batch_size)
+        return self._train_loader(dataset, stage.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, batch_size=self.eval_batch_size)
+        return self._eval_loader(self.val_set, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, batch_size=self.eval_batch_size)
+        return self._eval_loader(self.test_set, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, batch_size=self.eval_batch_size)
+        return self._eval_loader(self.test_set, "test (predict)")

@@ -7,6 +7,8 @@ in memory that does not grow with its length. Each segment is read from the file
 needed (`FastaFile.fetch` of segment_len + 1 bases: the segment and the base after it), never a
 whole record.
 
+Under data parallelism each process reads whole consecutive records (data_modules/sharding.py).
+
 Batches (batch size 1, in file order, segments of a record in order):
     input_ids     (1, L) int64   the record's tokens [start, start + L)
     labels        (1, L) int64   the next base of each: tokens [start + 1, start + L + 1); -100
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .fasta import FastaFile
 from .fasta_pretraining import _alias_key
+from .sharding import data_parallel_shard, grouped_evaluation_sampler
 from .tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
@@ -164,8 +167,13 @@ class FastaStreamDataModule(pl.LightningDataModule):
                  self.segment_len, "" if self.score_n else "; next bases read as N are not scored")
 
     def predict_dataloader(self) -> DataLoader:
-        # in order (a sequential sampler; several workers still deliver in order), one segment a batch
-        return DataLoader(self.predict_set, batch_size=1, shuffle=False, num_workers=self.num_workers,
+        # in order (several workers still deliver in order), one segment a batch. Under data parallelism
+        # each process reads whole consecutive records (about the same number of segments each): a
+        # record's state goes from one segment to the next, so a record is never split between processes
+        index, count = data_parallel_shard(self.trainer)
+        sampler = grouped_evaluation_sampler(self.predict_set.first_index, index, count, "predict",
+                                             what="records (data.records)")
+        return DataLoader(self.predict_set, batch_size=1, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=False)
 
     def _predict_only(self, *_):

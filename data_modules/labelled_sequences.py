@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .fasta import open_fasta
+from .sharding import seeded_loader_sampler
 from .tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,10 @@ class LabelledSequenceDataModule(pl.LightningDataModule):
                      {names[c]: counts.get(c, 0) for c in range(len(names))})
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.sets[part], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+        dataset = self.sets[part]
+        sampler, generator = seeded_loader_sampler(self.trainer, len(dataset), self.batch_size, self.seed, part,
+                                                   shuffle)  # this process's shard (data_modules/sharding.py)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, collate_fn=pad_collate(self.tokenizer.pad_id))
 
     def train_dataloader(self):

@@ -13,7 +13,8 @@ the callback sets `reload_dataloaders_every_n_epochs = 1` and hands the data mod
 (`datamodule.train_stage_fn`) that its `train_dataloader()` calls. That function reads
 `trainer.global_step` at the moment the loader is built (after a checkpoint's step is restored)
 and returns the stage: the window length, the batch size, and as many windows as there are
-steps left until the next boundary (times accumulate_grad_batches and the number of processes).
+steps left until the next boundary (times accumulate_grad_batches and the number of data-parallel
+shards, data_modules/sharding.py: every shard then gets exactly the stage's steps of batches).
 The epoch then ends exactly at the boundary and the next loader is built for the next stage.
 After the last boundary the data module's usual epochs follow.
 
@@ -30,6 +31,8 @@ from functools import partial
 
 import lightning.pytorch as pl
 
+from .sharding import data_parallel_shard
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 class TrainStage:
     seq_len: int  # tokens per training example
     batch_size: int  # examples per batch (per process)
-    windows_per_epoch: int | None  # examples in this epoch (all processes); None: the data module's usual epoch
+    windows_per_epoch: int | None  # examples in this epoch (all shards); None: the data module's usual epoch
     first_step: int  # the global step the stage starts at
     end_step: int | None  # the global step the next stage starts at; None for the last stage
 
@@ -97,7 +100,9 @@ class SeqLenWarmup(pl.Callback):
         # the whole stage's windows even when resuming mid-stage: the epoch (its sampler's draws) is
         # then the one an uninterrupted run had, and ResumeDataPosition skips the batches already done
         steps = stage.end_step - stage.first_step
-        windows = steps * trainer.accumulate_grad_batches * trainer.world_size * stage.batch_size
+        # the data-parallel shards, not the processes: ranks of a sequence-parallel group share windows
+        _, shards = data_parallel_shard(trainer)
+        windows = steps * trainer.accumulate_grad_batches * shards * stage.batch_size
         log.info("seq-len warm-up: steps %d-%d: seq_len %d, batch size %d (%d windows)", stage.first_step,
                  stage.end_step - 1, stage.seq_len, stage.batch_size, windows)
         return TrainStage(stage.seq_len, stage.batch_size, windows, stage.first_step, stage.end_step)

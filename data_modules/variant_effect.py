@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .fasta import open_fasta
 from .labelled_sequences import assign_splits
+from .sharding import seeded_loader_sampler
 from .tokenizers import DNATokenizer
 from .variants import CLNSIG_LABELS, VariantWindow, read_variant_table, read_vcf, variant_windows
 
@@ -198,19 +199,20 @@ class VariantDataModule(pl.LightningDataModule):
                      dict(Counter("pathogenic" if w.variant.label else "benign" for w in ws)),
                      dict(Counter(w.variant.kind for w in ws)), dict(Counter(self.sets[part].regions)))
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=g,
+    def _loader(self, dataset, split: str, shuffle: bool) -> DataLoader:
+        sampler, generator = seeded_loader_sampler(self.trainer, len(dataset), self.batch_size, self.seed, split,
+                                                   shuffle)  # this process's shard (data_modules/sharding.py)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=generator,
                           num_workers=self.num_workers, collate_fn=collate_variants)
 
     def train_dataloader(self):
-        return self._loader(self.sets["train"], True)
+        return self._loader(self.sets["train"], "train", True)
 
     def val_dataloader(self):
-        return self._loader(self.sets["val"], False)
+        return self._loader(self.sets["val"], "val", False)
 
     def test_dataloader(self):
-        return self._loader(self.sets["test"], False)
+        return self._loader(self.sets["test"], "test", False)
 
     def predict_dataloader(self):
         if self.predict_split == "all":
@@ -218,5 +220,4 @@ class VariantDataModule(pl.LightningDataModule):
             dataset = torch.utils.data.ConcatDataset(parts)
         else:
             dataset = self.sets[self.predict_split]
-        return self._loader(dataset, False)
-
+        return self._loader(dataset, f"{self.predict_split} (data.predict_split)", False)
