@@ -17,8 +17,13 @@ and summing them over the group (`all_reduce_gradients`) gives the one-piece gra
     (nll / n_targets_of_the_whole_sequence).backward()   # the same scale on every rank
     all_reduce_gradients(model, group)
 
-Not yet wired into a Lightning strategy (a task option with DDP across sequence-parallel groups):
-this is the numerical core, tested across processes.
+Training uses it through `tasks.CausalLMTask(sequence_parallel_size=S)`: groups of S consecutive
+processes each split one batch along L, DDP (or any strategy that averages gradients over all
+processes) across the groups; the task scales each rank's share so that DDP's average is the
+single-process gradient, so all_reduce_gradients is not needed there (tasks/causal_lm.py,
+tests/tasks/test_sequence_parallel_task.py). Activation checkpointing recomputes each block with
+the messages kept outside it; under autocast the conv overlap is sent in the dtype of the model's
+weights, the dtype every receiver expects.
 
 Messages are tagged by block (and direction), so the order in which a rank's autograd engine
 reaches them does not matter.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 
 from .long_sequence import chunked_lm_nll
 from .model import MambaLMHeadModel
@@ -94,14 +100,22 @@ def sequence_parallel_lm_nll(model: MambaLMHeadModel, input_ids: torch.Tensor, l
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     state0 = backbone.initial_segment_state(input_ids.shape[0], dtype=weight.dtype)
     residual = backbone.residual_start(backbone.embedding(input_ids))
+    use_ckpt = backbone.activation_checkpointing and torch.is_grad_enabled()
     to_loss = []
     for i, layer in enumerate(backbone.layers):
         prefix, ssm = state0[2 * i], state0[2 * i + 1]
         if rank > 0:
             prefix, ssm = _ReceiveState.apply(residual, prefix, ssm, _peer(group, -1), i, group)
-        residual, prefix, ssm = layer.residual_update_segment(residual, prefix, ssm)
+        if use_ckpt:  # recomputation stays inside the block: the messages are outside it, sent once
+            residual, prefix, ssm = checkpoint(layer.residual_update_segment, residual, prefix, ssm,
+                                               use_reentrant=False)
+        else:
+            residual, prefix, ssm = layer.residual_update_segment(residual, prefix, ssm)
         if rank < world - 1:
-            to_loss.append(_SendState.apply(prefix, ssm, _peer(group, +1), i, group))
+            # in the dtype the next rank receives into (its state0's): under autocast the block
+            # returns its conv inputs in bf16, and a size mismatch would break the exchange
+            to_loss.append(_SendState.apply(prefix.to(state0[2 * i].dtype), ssm.to(state0[2 * i + 1].dtype),
+                                            _peer(group, +1), i, group))
     hidden = backbone.norm_f(residual.to(backbone.norm_f.weight.dtype))
     nll = chunked_lm_nll(hidden, weight, labels, chunk_tokens)
     return nll + sum(to_loss) if to_loss else nll
