@@ -14,6 +14,13 @@ such overrides with a warning instead).
 The configs ship inside the installed package (the `configs` package), so the command works
 from any directory. Every run writes its resolved config, checkpoints, metrics.csv and
 predictions under `paths.output_dir`.
+
+Several processes (trainer.devices=N with DDP, e.g. trainer=ddp_cpu): Lightning starts ranks
+1..N-1 by running this command line again. Every rank composes the same config, in one run
+directory: the `${now:...}` of the default paths.output_dir is the time rank 0 composed at, handed
+to the ranks it starts (MAMBA_SEQ_RUN_TIME). Only rank 0 writes config.yaml and prints the summary.
+Under an external launcher (torchrun: WORLD_SIZE set) the ranks compose independently, so
+paths.output_dir must then be given.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -36,6 +44,8 @@ SUBCOMMANDS = {
     "generate": "sample clips / sequences from a causal-LM checkpoint (ckpt_path=...; `generate --help`)",
     "export": "write a checkpoint's model weights + config as safetensors (ckpt_path=... out=FILE)",
 }
+
+FLAGS = ("--cfg", "--model-from-checkpoint")
 
 log = logging.getLogger("mamba_seq")
 
@@ -53,11 +63,21 @@ def asset_path(name: str) -> str:
     return str(path)
 
 
+# the time `${now:FMT}` formats (set by compose); rank 0 hands it to the ranks Lightning starts
+RUN_TIME_ENV = "MAMBA_SEQ_RUN_TIME"
+_run_time: datetime | None = None
+
+
+def _now(fmt: str) -> str:
+    return (_run_time or datetime.now()).strftime(fmt)
+
+
 def _register_resolvers():
     if not OmegaConf.has_resolver("asset"):
         OmegaConf.register_new_resolver("asset", asset_path)
-    if not OmegaConf.has_resolver("now"):
-        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+    # replace Hydra's own `now` (datetime.now() at resolution), which Hydra registers again whenever it
+    # initialises: so this runs inside initialize_config_dir
+    OmegaConf.register_new_resolver("now", _now, use_cache=True, replace=True)
 
 
 def help_text() -> str:
@@ -100,9 +120,13 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    _register_resolvers()
+    global _run_time
+    # a rank Lightning started composes with its rank 0's time, so both name the same run directory
+    inherited = os.environ.get(RUN_TIME_ENV)
+    _run_time = datetime.fromisoformat(inherited) if inherited else datetime.now()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="mamba_seq"):
+            _register_resolvers()
             return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         # Hydra's grammar errors ("no viable alternative at input '['") and its ValueError for an
@@ -166,11 +190,29 @@ def check_inputs(subcommand: str, cfg: DictConfig) -> None:
             raise SystemExit(f"mamba-seq {subcommand}: {key}={value}: {problem}; give {key}=PATH of an existing {what}")
 
 
+def _strategy_name(strategy) -> str:
+    """trainer.strategy as a name: the string itself ("ddp", "fsdp", ...), or the class of `_target_`."""
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_") or "").rpartition(".")[2]
+    return str(strategy or "auto")
+
+
 def check_accelerator(subcommand: str, cfg: DictConfig) -> None:
-    """trainer.accelerator=gpu (trainer=gpu) needs CUDA: say so now, not deep inside Lightning."""
+    """trainer.accelerator=gpu (trainer=gpu) needs CUDA, and so does FSDP: say so now, not deep inside
+    Lightning (after config.yaml is written)."""
     import torch
 
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator") or "auto")
+    strategy = _strategy_name(OmegaConf.select(cfg, "trainer.strategy"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and (strategy.lower().startswith("fsdp") or strategy == "FSDPStrategy"):
+        # Lightning refuses FSDP without a CUDA accelerator, and torch's FSDP itself raises "FSDP needs
+        # a non-CPU accelerator device" (torch 2.13 CPU build)
+        raise SystemExit(
+            f"mamba-seq {subcommand}: trainer.strategy={strategy} needs CUDA GPUs (FSDP does not run on the CPU), "
+            f"but trainer.accelerator={accelerator}{'' if accelerator == 'cpu' else ' finds no CUDA GPU'}. On the CPU "
+            "use DDP: trainer.strategy=ddp trainer.devices=N (trainer=ddp_cpu)"
+        )
     if accelerator not in ("gpu", "cuda"):
         return
     if not torch.cuda.is_available():
@@ -183,6 +225,22 @@ def check_accelerator(subcommand: str, cfg: DictConfig) -> None:
     if isinstance(devices, int) and devices > torch.cuda.device_count():
         raise SystemExit(f"mamba-seq {subcommand}: trainer.devices={devices}, but this machine has "
                          f"{torch.cuda.device_count()} CUDA GPU(s); set trainer.devices to at most that")
+
+
+def check_shared_run_dir(subcommand: str, cfg: DictConfig, overrides: list[str]) -> None:
+    """Under an external launcher (torchrun sets WORLD_SIZE in every process) each rank composes its
+    own config: a paths.output_dir holding ${now:...} could name a different directory on each (the
+    ranks start within the same second only mostly). Ranks Lightning starts inherit rank 0's time."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) <= 1 or os.environ.get(RUN_TIME_ENV):
+        return
+    raw = OmegaConf.to_container(cfg.paths, resolve=False).get("output_dir")
+    if "paths.output_dir" not in override_keys(overrides) and "${now:" in str(raw):
+        raise SystemExit(
+            f"mamba-seq {subcommand}: launched as one of WORLD_SIZE={world} processes, each composing its own config; "
+            f"paths.output_dir={raw} holds the time of composing, which can differ between them. Give "
+            "paths.output_dir=DIR, the same for every process"
+        )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -302,6 +360,7 @@ def run(subcommand: str, cfg: DictConfig, overrides: list[str] | None = None,
     import lightning.pytorch as pl
     import torch
     from hydra.utils import get_class, instantiate
+    from lightning.pytorch.utilities import rank_zero_only
 
     from tasks.checkpointing import ResumableCSVLogger, ResumeRNGState, read_checkpoint
     from tasks.prediction_writer import TSVPredictionWriter
@@ -317,6 +376,7 @@ def run(subcommand: str, cfg: DictConfig, overrides: list[str] | None = None,
         raise SystemExit(f"mamba-seq {subcommand}: give the checkpoint to load: ckpt_path=PATH")
     check_inputs(subcommand, cfg)
     check_accelerator(subcommand, cfg)
+    check_shared_run_dir(subcommand, cfg, overrides)
     out = check_output_paths(subcommand, cfg, overrides)
     from_checkpoint = subcommand != "fit" and trains
     if from_checkpoint:
@@ -344,14 +404,6 @@ def run(subcommand: str, cfg: DictConfig, overrides: list[str] | None = None,
             cfg.task[key] = list(value) if key == "class_names" else value
 
     OmegaConf.resolve(cfg)
-    try:  # the early check cannot see everything (e.g. a read-only mount, as root)
-        out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "config.yaml")
-    except OSError as err:
-        raise SystemExit(f"mamba-seq {subcommand}: cannot write paths.output_dir={out}: {err}; give a writable "
-                         "folder, e.g. paths.output_dir=DIR") from None
-    log.info("run directory: %s", out)
-
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if subcommand == "predict":
         callbacks.append(TSVPredictionWriter(out / "predictions.tsv"))
@@ -362,28 +414,87 @@ def run(subcommand: str, cfg: DictConfig, overrides: list[str] | None = None,
         # keep the interrupted run's metrics.csv up to the checkpoint (Lightning's CSVLogger deletes it)
         logger.resume_from(int(read_checkpoint(cfg.ckpt_path).get("global_step", 0)))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    check_relaunch(subcommand, overrides, trainer)
+
+    # rank_zero_only.rank: set by Lightning from the launcher's environment (0 in the process the user
+    # started); the ranks it starts compose the same config and must not write the shared files again
+    is_rank_zero = rank_zero_only.rank == 0
+    try:  # the early check cannot see everything (e.g. a read-only mount, as root)
+        out.mkdir(parents=True, exist_ok=True)
+        if is_rank_zero:
+            OmegaConf.save(cfg, out / "config.yaml")
+    except OSError as err:
+        raise SystemExit(f"mamba-seq {subcommand}: cannot write paths.output_dir={out}: {err}; give a writable "
+                         "folder, e.g. paths.output_dir=DIR") from None
+    if is_rank_zero:
+        log.info("run directory: %s", out)
 
     start = time.perf_counter()
-    if subcommand == "fit":
-        task = instantiate(cfg.task, _convert_="all")
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    else:
-        if trains:
-            ckpt = Path(cfg.ckpt_path)
-            task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-        else:
+    with ranks_inherit_run_time():
+        if subcommand == "fit":
             task = instantiate(cfg.task, _convert_="all")
-        getattr(trainer, subcommand)(task, datamodule=datamodule)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        else:
+            if trains:
+                ckpt = Path(cfg.ckpt_path)
+                # how the run is laid out over processes is the command line's, not the checkpoint's
+                layout = {"sequence_parallel_size": int(cfg.task.sequence_parallel_size)} if int(
+                    cfg.task.get("sequence_parallel_size") or 1) > 1 else {}
+                task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                                         **layout)
+            else:
+                task = instantiate(cfg.task, _convert_="all")
+            getattr(trainer, subcommand)(task, datamodule=datamodule)
     elapsed = time.perf_counter() - start
 
+    # val/test metrics are the whole split's on every rank (the tasks sync them); train/* are rank 0's
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    summary = [f"mamba-seq {subcommand} finished in {elapsed:.1f} s; outputs in {out}"]
-    summary += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
-    if subcommand == "fit" and trainer.checkpoint_callback is not None:
-        summary.append(f"  best checkpoint: {trainer.checkpoint_callback.best_model_path}")
-        summary.append(f"  last checkpoint: {trainer.checkpoint_callback.last_model_path}")
-    print("\n".join(summary), flush=True)
+    if trainer.is_global_zero:
+        summary = [f"mamba-seq {subcommand} finished in {elapsed:.1f} s; outputs in {out}"]
+        if trainer.world_size > 1:
+            summary[0] += f" ({trainer.world_size} processes)"
+        summary += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
+        if subcommand == "fit" and trainer.checkpoint_callback is not None:
+            summary.append(f"  best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+            summary.append(f"  last checkpoint: {trainer.checkpoint_callback.last_model_path}")
+        print("\n".join(summary), flush=True)
     return {"elapsed_s": elapsed, "output_dir": str(out), **metrics}
+
+
+@contextmanager
+def ranks_inherit_run_time():
+    """While Lightning runs: the ranks its DDP launcher starts (copies of this environment) compose
+    with this process's `${now:...}` time, so every rank uses the same run directory."""
+    previous = os.environ.get(RUN_TIME_ENV)
+    if _run_time is not None:
+        os.environ[RUN_TIME_ENV] = _run_time.isoformat()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_TIME_ENV, None)
+        else:
+            os.environ[RUN_TIME_ENV] = previous
+
+
+def check_relaunch(subcommand: str, overrides: list[str], trainer) -> None:
+    """Lightning's DDP launcher starts ranks 1..N-1 by running this process's command line (sys.argv)
+    again. A run started from Python (main([...]), run()) has another command line there, e.g.
+    pytest's: stop, rather than launch that N-1 times."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (not isinstance(launcher, _SubprocessScriptLauncher) or launcher.num_processes <= 1
+            or launcher.cluster_environment.creates_processes_externally):
+        return
+    command_line = [a for a in sys.argv[1:] if a not in FLAGS]
+    if command_line != [subcommand, *overrides]:
+        raise SystemExit(
+            f"mamba-seq {subcommand}: trainer.devices={launcher.num_processes} with the "
+            f"{type(trainer.strategy).__name__} starts the other processes by running this process's command line "
+            f"again, but that is {sys.argv!r}, not this run's. Start several processes from the shell: "
+            f"`mamba-seq {subcommand} ...` (or python -m mamba_seq.cli), or use trainer.devices=1 from Python"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,8 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     show_cfg = "--cfg" in overrides
     model_from_checkpoint = "--model-from-checkpoint" in overrides
-    overrides = [o for o in overrides if o not in ("--cfg", "--model-from-checkpoint")]
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    overrides = [o for o in overrides if o not in FLAGS]
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # the ranks Lightning starts run this same command: their info lines would repeat rank 0's
+    logging.basicConfig(level=logging.INFO if rank_zero_only.rank == 0 else logging.WARNING,
+                        format="[%(name)s] %(message)s")
     cfg = compose(overrides)
     if show_cfg:
         print(OmegaConf.to_yaml(cfg))

@@ -19,7 +19,8 @@ the final pooling runs over real frames only. A clip zero-padded at the end ther
 same logits as the clip itself (tests/tasks/test_audio_classifier.py). Clips with
 class_label -1 (no label) are left out of the loss and the metrics.
 
-Metrics are computed over the whole split: accuracy and macro F1 (torchmetrics).
+Metrics are computed over the whole split: accuracy, macro F1 (torchmetrics) and the loss; with
+several processes their states are synced across ranks, so every rank logs the whole split's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .causal_lm import adamw_param_groups, adamw_warmup_cosine
+from .evaluation import SplitCrossEntropy, log_split_loss
 
 UNLABELLED = -1
 
@@ -128,6 +130,7 @@ class AudioClassifierTask(pl.LightningModule):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.val_loss, self.test_loss = SplitCrossEntropy(), SplitCrossEntropy()
 
     @property
     def class_names(self) -> list[str]:
@@ -184,25 +187,28 @@ class AudioClassifierTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=max(len(labels), 1))
         return loss
 
-    def _eval(self, batch: dict, metrics: MetricCollection, prefix: str):
+    def _eval(self, batch: dict, metrics: MetricCollection, loss: SplitCrossEntropy):
         logits, labels = self._labelled(batch)
         if len(labels):
             metrics.update(logits.float().softmax(-1), labels)  # accumulated over the whole split
-            self.log(f"{prefix}/loss", F.cross_entropy(logits.float(), labels), batch_size=len(labels))
+            loss.update(logits, labels)
 
     def validation_step(self, batch: dict, batch_idx: int):
-        self._eval(batch, self.val_metrics, "val")
+        self._eval(batch, self.val_metrics, self.val_loss)
 
     def test_step(self, batch: dict, batch_idx: int):
-        self._eval(batch, self.test_metrics, "test")
+        self._eval(batch, self.test_metrics, self.test_loss)
 
     def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        # compute() syncs the states across ranks: these are the whole split's numbers on every rank
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=False)
         self.val_metrics.reset()
+        log_split_loss(self, self.val_loss, "val")
 
     def on_test_epoch_end(self):
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=False)
         self.test_metrics.reset()
+        log_split_loss(self, self.test_loss, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["waveform"], batch["length"]).float().softmax(-1)

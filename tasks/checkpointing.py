@@ -15,6 +15,8 @@ and safetensors export.
 * ResumeRNGState: the global RNG states (torch, CUDA, numpy, python random) go into every checkpoint
   and are restored when training resumes, so random draws in training steps (dropout, MLM masks)
   continue as in an uninterrupted run (each step starts from the states the previous one ended with).
+  With several processes the checkpoint holds every rank's states; a resume on as many processes
+  restores each rank's own, on another number none.
 * ResumableCSVLogger: Lightning's CSVLogger, but a resumed run keeps the interrupted run's
   metrics.csv (rows up to the checkpoint) and appends to it, so the whole curve survives.
 * export_safetensors / load_safetensors: model weights + the MambaConfig (JSON metadata).
@@ -99,10 +101,13 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
         reason = self._refuse_reason(trainer)
-        if reason is not None:
-            log.warning("not saving checkpoint %s at global step %d: %s", filepath, trainer.global_step, reason)
+        # every rank must take the same branch: saving runs collectives (ResumeRNGState gathers the
+        # ranks' RNG states; FSDP gathers the weights), so one rank refusing alone would hang the others
+        if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            log.warning("not saving checkpoint %s at global step %d: %s", filepath, trainer.global_step,
+                        reason or "another rank refused (its log says why)")
             return
-        tmp = _tmp_name(filepath)
+        tmp = trainer.strategy.broadcast(_tmp_name(filepath))  # rank 0's name: the file rank 0 writes
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
             atomic_replace(tmp, filepath)
@@ -250,6 +255,11 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class ResumeRNGState(pl.Callback):
     """Saves the global RNG states with every checkpoint and restores them on resume, so the random
     draws of the training steps (dropout, masked-LM masks) after a resume are the uninterrupted run's.
@@ -258,27 +268,42 @@ class ResumeRNGState(pl.Callback):
     global torch generator (each new DataLoader iterator takes a seed; validation may draw), at
     points that differ between a resumed and an uninterrupted run. So each training step starts
     from the RNG states at the end of the previous step: those are what a checkpoint holds, and a
-    resumed run's first step starts from them. Multi-process runs restore nothing (a checkpoint
-    holds rank 0's states only) and say so."""
+    resumed run's first step starts from them.
+
+    Several processes: Lightning builds the checkpoint on every rank and rank 0 writes it, so
+    state_dict gathers all ranks' states ({"per_rank": [rank 0's, rank 1's, ...]}; one process
+    stores its states as they are). A resume on as many processes restores each rank's own; on
+    another number of processes it restores none and says so (that run cannot repeat the
+    interrupted one's draws anyway: its batches are split differently)."""
 
     def __init__(self):
-        self._after_step: dict | None = None  # the RNG states at the end of the last training step
-        self._restored = False
+        self._after_step: dict | None = None  # this rank's RNG states at the end of the last training step
+        self._loaded: dict | None = None  # what the checkpoint held, until on_train_start picks this rank's
 
     def state_dict(self) -> dict:
         # Lightning runs checkpoint callbacks after all others, so a save at a step's end finds
         # on_train_batch_end below already run for that step
-        return self._after_step if self._after_step is not None else rng_states()
+        own = self._after_step if self._after_step is not None else rng_states()
+        if _world_size() == 1:
+            return own
+        gathered: list = [None] * _world_size()
+        torch.distributed.all_gather_object(gathered, own)  # every rank builds the checkpoint: all call this
+        return {"per_rank": gathered}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._after_step, self._restored = state_dict, True
+        self._loaded = state_dict
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self._restored and trainer.world_size > 1:
-            log.warning("resume: RNG states not restored (%d processes; the checkpoint holds rank 0's only)",
-                        trainer.world_size)
-            self._after_step = None
-        elif self._restored:
+        if self._loaded is None:
+            return
+        per_rank = self._loaded["per_rank"] if "per_rank" in self._loaded else [self._loaded]
+        self._loaded = None
+        if len(per_rank) != trainer.world_size:
+            log.warning("resume: RNG states not restored: the checkpoint holds those of %d process(es), this run "
+                        "has %d", len(per_rank), trainer.world_size)
+            return
+        self._after_step = per_rank[trainer.global_rank]
+        if trainer.is_global_zero:
             log.info("resume: the first step starts from the checkpoint's RNG states")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -18,6 +18,11 @@ and treat ties exactly (Mann-Whitney with half credit; one threshold per distinc
 torchmetrics silently applies a sigmoid to float scores outside [0, 1], which in float32 turns
 logits beyond ~17 into ties of 1.0; `binary_report` hands torchmetrics a tie-preserving rank
 transform instead, so its AUROC/AUPRC equal those of the raw scores.
+
+Several processes (DDP): each rank scores its own shard of a split, and the shards differ in size.
+The torchmetrics metrics the tasks use sync their states themselves (a `cat` state is gathered
+whatever each rank's length); a task that collects examples itself gathers them with
+`gather_from_ranks` before computing anything, so every rank computes the whole split's numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import logging
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torchmetrics import Metric as TorchMetric
 from torchmetrics.classification import BinaryConfusionMatrix, MulticlassConfusionMatrix
 from torchmetrics.functional.classification import (
     binary_accuracy,
@@ -69,6 +76,55 @@ def _check_inputs(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
     if n_pos == 0 or n_pos == labels.numel():
         raise ValueError(f"need both classes for these metrics; got {n_pos} positives of {labels.numel()}")
     return scores, labels
+
+
+def gather_from_ranks(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] from every process of a data-parallel run, or [obj] in a
+    single process. Any picklable object, of any size per rank (e.g. a shard's scores and labels).
+    Every rank must call it (it is a collective)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class SplitCrossEntropy(TorchMetric):
+    """The cross-entropy of a whole split, F.cross_entropy(weight=class_weight) over all its
+    examples: accumulates sum(w_i * ce_i) and sum(w_i) (w_i = class_weight[label_i], else 1), in
+    float64, synced across ranks as sums. So it is the same on 1 or N processes and however the
+    split is batched (a mean of per-batch means is neither, once class weights make batches count
+    unequally). A NaN loss stays NaN (torchmetrics' MeanMetric drops NaNs, or ignores the weights
+    with nan_strategy="disable")."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("weighted_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> None:
+        """logits (n, C), labels (n,) int64."""
+        ce = F.cross_entropy(logits.float(), labels, reduction="none").double()
+        w = class_weight[labels].double() if class_weight is not None else torch.ones_like(ce)
+        self.weighted_sum += (ce * w).sum()
+        self.weight += w.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.weighted_sum / self.weight).float()
+
+
+def log_split_loss(module, metric: SplitCrossEntropy, prefix: str) -> None:
+    """Log `{prefix}/loss` from a SplitCrossEntropy and reset it. Every rank calls it (the sums are
+    synced across ranks) and logs the same number; nothing is logged when no rank saw an example."""
+    with metric.sync_context():  # inside: the states are the sums over all ranks; this rank's after
+        seen = metric.weight.item() > 0
+        loss = (metric.weighted_sum / metric.weight).float() if seen else None
+    metric.reset()
+    if loss is not None:
+        module.log(f"{prefix}/loss", loss, sync_dist=False)  # already the whole split's
 
 
 # -- metrics: (n,) -> scalar tensor, or (B, n) -> (B,) ------------------------------------------

@@ -7,8 +7,11 @@ N is an unknown base, and scoring it would reward predicting assembly gaps); a s
 becomes [MASK] with probability mask_token_fraction, a uniformly random A/C/G/T with probability
 random_token_fraction, and stays itself otherwise. The loss is the cross-entropy at the selected
 positions only. Training draws fresh masks from torch's RNG; validation, test and predict draw
-them from a generator seeded by (mask_seed, split, batch index), so a split's loss is the same
-number every time, on any device.
+each window's masks from a generator seeded by (mask_seed, split, the window's contig, start and
+strand), so a split's loss is the same number every time, on any device, and on any number of
+processes (a window gets its masks wherever it is batched). Batches that do not say where their
+windows lie (no contig/start/strand) seed by (mask_seed, split, batch index) instead: the same
+every time for a given batching.
 
 Reports, over every masked base of the split (never per-batch averages): loss in nats and bits
 per masked base (`bpb`, so the default checkpoint monitor val/bpb works) and masked-token
@@ -78,6 +81,14 @@ def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor, selected: torc
 def eval_generator(mask_seed: int, split: str, batch_idx: int) -> torch.Generator:
     """A CPU generator for one evaluation batch: the same masks for that batch on every run."""
     seed = int(np.random.SeedSequence([mask_seed, SPLIT_CODES[split], batch_idx]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def window_generator(mask_seed: int, split: str, contig: str, start: int, strand: int) -> torch.Generator:
+    """A CPU generator for one evaluation window, named by where it lies (contig, 0-based forward
+    start, strand +1/-1): the same masks for that window whichever batch or process it is in."""
+    entropy = [mask_seed, SPLIT_CODES[split], int.from_bytes(contig.encode(), "little"), int(start), int(strand < 0)]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
     return torch.Generator().manual_seed(seed)
 
 
@@ -161,6 +172,16 @@ class MaskedLMTask(pl.LightningModule):
         return bert_mask(ids, self.mask_id, self.base_ids, h.mask_prob, h.mask_token_fraction,
                          h.random_token_fraction, generator)
 
+    def eval_masks(self, ids: torch.Tensor, batch: dict, split: str, batch_idx: int):
+        # ids: (batch, L) -> (inputs, selected), the deterministic masks of an evaluation batch: per
+        # window where the batch says where its windows lie (see the module docstring), else per batch
+        if not all(k in batch for k in ("contig", "start", "strand")):
+            return self.mask_batch(ids, eval_generator(self.hparams.mask_seed, split, batch_idx))
+        rows = [self.mask_batch(ids[i:i + 1], window_generator(self.hparams.mask_seed, split, contig, int(start),
+                                                              int(strand)))
+                for i, (contig, start, strand) in enumerate(zip(batch["contig"], batch["start"], batch["strand"]))]
+        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
     def _masked_nll(self, ids: torch.Tensor, generator: torch.Generator | None = None):
         # ids: (batch, L) -> (nll (n,), correct (n,), selected (batch, L)) over the n masked bases
         inputs, selected = self.mask_batch(ids, generator)
@@ -178,7 +199,9 @@ class MaskedLMTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, batch_idx: int, split: str, nll_metric: MeanMetric, acc_metric: MeanMetric):
-        nll, correct, _ = self._masked_nll(full_window(batch), eval_generator(self.hparams.mask_seed, split, batch_idx))
+        ids = full_window(batch)
+        inputs, selected = self.eval_masks(ids, batch, split, batch_idx)
+        nll, correct = masked_token_nll(self(inputs), ids, selected)
         if nll.numel():  # each masked base counts once: the split's mean, not a mean of batch means
             nll_metric.update(nll)
             acc_metric.update(correct.float())
@@ -190,7 +213,8 @@ class MaskedLMTask(pl.LightningModule):
         self._eval_step(batch, batch_idx, "test", self.test_nll, self.test_acc)
 
     def _log_split(self, nll_metric: MeanMetric, acc_metric: MeanMetric, prefix: str):
-        nll = nll_metric.compute()  # synchronised across ranks
+        # compute() syncs the sums across ranks: every rank logs the whole split's numbers
+        nll = nll_metric.compute()
         self.log(f"{prefix}/loss", nll, sync_dist=False)
         self.log(f"{prefix}/bpb", nll / LN2, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/acc", acc_metric.compute(), prog_bar=True, sync_dist=False)
@@ -206,7 +230,7 @@ class MaskedLMTask(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per-window scores under the deterministic predict masks: masked bases and their mean bits."""
         ids = full_window(batch)
-        inputs, selected = self.mask_batch(ids, eval_generator(self.hparams.mask_seed, "predict", batch_idx))
+        inputs, selected = self.eval_masks(ids, batch, "predict", batch_idx)
         logits = self(inputs).float()
         nll = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids) * selected
         masked = selected.sum(1)

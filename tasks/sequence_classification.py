@@ -1,5 +1,7 @@
 """Sequence classification: a Mamba backbone (optionally pretrained by `mamba-seq fit`), pooling
-over the valid positions only, and a linear head. Metrics are computed over the whole split.
+over the valid positions only, and a linear head. Metrics are computed over the whole split: with
+several processes the torchmetrics states (confusion counts, AUROC's scores) and the loss sums are
+synced across ranks, so every rank logs the numbers one process would.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torchmetrics.classification import AUROC, Accuracy, F1Score
 from mamba_seq import MambaBackbone, MambaConfig
 
 from .causal_lm import adamw_param_groups, adamw_warmup_cosine
-from .evaluation import BinaryMCC, MulticlassMCC
+from .evaluation import BinaryMCC, MulticlassMCC, SplitCrossEntropy, log_split_loss
 
 POOLINGS = ("mean", "max", "last")
 
@@ -116,6 +118,7 @@ class SequenceClassificationTask(pl.LightningModule):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.val_loss, self.test_loss = SplitCrossEntropy(), SplitCrossEntropy()
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # input_ids, mask: (batch, L) -> logits (batch, num_classes)
@@ -131,25 +134,27 @@ class SequenceClassificationTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval(self, batch, metrics: MetricCollection, prefix: str):
+    def _eval(self, batch, metrics: MetricCollection, loss: SplitCrossEntropy):
         logits = self(batch["input_ids"], batch["mask"])
-        loss = F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weight)
         metrics.update(self._scores(logits), batch["labels"])  # accumulated over the whole split
-        self.log(f"{prefix}/loss", loss, batch_size=len(batch["labels"]))
+        loss.update(logits, batch["labels"], self.class_weight)
 
     def validation_step(self, batch, batch_idx):
-        self._eval(batch, self.val_metrics, "val")
+        self._eval(batch, self.val_metrics, self.val_loss)
 
     def test_step(self, batch, batch_idx):
-        self._eval(batch, self.test_metrics, "test")
+        self._eval(batch, self.test_metrics, self.test_loss)
 
     def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        # compute() syncs the states across ranks: these are the whole split's numbers on every rank
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=False)
         self.val_metrics.reset()
+        log_split_loss(self, self.val_loss, "val")
 
     def on_test_epoch_end(self):
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=False)
         self.test_metrics.reset()
+        log_split_loss(self, self.test_loss, "test")
 
     def predict_step(self, batch, batch_idx) -> dict:
         probs = self(batch["input_ids"], batch["mask"]).float().softmax(-1)

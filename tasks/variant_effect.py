@@ -14,7 +14,9 @@ has been checked against the reference and both windows have the same length and
 
 Evaluation: AUROC and AUPRC over the whole set, split by variant kind (SNV / MNV / indel) and by
 region (coding / non-coding) where annotated, on all scores of a split at once (never averaged
-per batch); bootstrap intervals of the test AUROC.
+per batch); bootstrap intervals of the test AUROC. With several processes every rank's scores are
+gathered first (in rank order: the split's order, since evaluation shards are contiguous parts of
+it, data_modules/sharding.py), so the numbers, the bootstrap's resamples too, are one process's.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from data_modules.variants import VariantWindow
 from mamba_seq import MambaConfig
 
 from .causal_lm import CausalLMTask
-from .evaluation import auroc, average_precision, bootstrap_interval
+from .evaluation import (
+    SplitCrossEntropy,
+    auroc,
+    average_precision,
+    bootstrap_interval,
+    gather_from_ranks,
+    log_split_loss,
+)
 from .sequence_classification import backbone_and_head_optimizers, fine_tuning_backbone
 
 
@@ -105,21 +114,32 @@ class _VariantScoring(pl.LightningModule):
         c["kinds"] += batch["kind"]
         c["regions"] += batch["region"]
 
-    def _log_metrics(self, prefix: str):
+    def _whole_split(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+        """(scores, labels, kinds, regions) of the whole split: every rank's shard (all ranks call
+        this), concatenated in rank order, which is the split's order (see the module docstring)."""
         c = self._collected[prefix]
-        if not c["scores"]:
+        shard = {"scores": torch.cat(c["scores"]) if c["scores"] else torch.zeros(0),
+                 "labels": torch.cat(c["labels"]) if c["labels"] else torch.zeros(0, dtype=torch.long),
+                 "kinds": c["kinds"], "regions": c["regions"]}
+        shards = gather_from_ranks(shard)
+        return (torch.cat([s["scores"] for s in shards]), torch.cat([s["labels"] for s in shards]),
+                [k for s in shards for k in s["kinds"]], [r for s in shards for r in s["regions"]])
+
+    def _log_metrics(self, prefix: str):
+        scores, labels, kinds, regions = self._whole_split(prefix)
+        if not len(labels):
             return
-        scores, labels = torch.cat(c["scores"]), torch.cat(c["labels"])
-        metrics = variant_metrics(scores, labels, c["kinds"], c["regions"])
+        metrics = variant_metrics(scores, labels, kinds, regions)
         if prefix == "test":
             for group in ("all", "SNV"):
                 sel = torch.ones(len(labels), dtype=torch.bool) if group == "all" else torch.tensor(
-                    [k == group for k in c["kinds"]])
+                    [k == group for k in kinds])
                 y = labels[sel]
                 if y.numel() and y.min() != y.max():
                     lo, hi = bootstrap_interval(auroc, scores[sel], y, n_boot=1000, seed=0)
                     metrics[f"{group}/auroc_low"], metrics[f"{group}/auroc_high"] = lo, hi
-        self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items()})
+        # every rank computed these from the whole split: nothing left to reduce
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)
 
     def _rows(self, batch: dict, scores: torch.Tensor, **extra) -> dict:
         out = {k: list(batch[k]) for k in ("id", "chrom", "pos", "ref", "alt", "kind", "region")}
@@ -174,6 +194,7 @@ class VariantEffectTask(_VariantScoring):
         self.head = nn.Sequential(nn.Linear(3 * d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 2))
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
+        self.val_loss, self.test_loss = SplitCrossEntropy(), SplitCrossEntropy()
 
     def features(self, ref_ids: torch.Tensor, alt_ids: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """ref_ids, alt_ids: (batch, W); centre: (batch,) index of the variant -> (batch, 3 d_model)."""
@@ -196,8 +217,7 @@ class VariantEffectTask(_VariantScoring):
 
     def _eval(self, batch, prefix: str):
         logits = self(batch).float()
-        self.log(f"{prefix}/loss", F.cross_entropy(logits, batch["labels"], weight=self.class_weight),
-                 batch_size=len(batch["labels"]))
+        getattr(self, f"{prefix}_loss").update(logits, batch["labels"], self.class_weight)
         self._collect(prefix, logits.softmax(-1)[:, 1], batch)
 
     def validation_step(self, batch, batch_idx):
@@ -205,6 +225,14 @@ class VariantEffectTask(_VariantScoring):
 
     def test_step(self, batch, batch_idx):
         self._eval(batch, "test")
+
+    def on_validation_epoch_end(self):
+        log_split_loss(self, self.val_loss, "val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self):
+        log_split_loss(self, self.test_loss, "test")
+        super().on_test_epoch_end()
 
     def predict_step(self, batch, batch_idx) -> dict:
         return self._rows(batch, self(batch).float().softmax(-1)[:, 1])
