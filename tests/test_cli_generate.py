@@ -49,11 +49,16 @@ def audio_ckpt(tmp_path):
     return make_run(tmp_path, "audio_run", ["experiment=speech_digits", f"data.sample_rate={SR}"], 256)
 
 
-def test_audio_clips_plot_and_scores(tmp_path, audio_ckpt, capsys):
+def classifier_ckpt(tmp_path: Path) -> Path:
+    """An untrained digit classifier's checkpoint (seeded): scores.json needs one, not a good one."""
     torch.manual_seed(0)
     clf = AudioClassifierTask(num_classes=10, sample_rate=SR, class_names=[str(i) for i in range(10)], n_mels=16,
                               channels=(4,))
-    clf_ckpt = save_ckpt(clf, tmp_path / "clf" / "last.ckpt")
+    return save_ckpt(clf, tmp_path / "clf" / "last.ckpt")
+
+
+def test_audio_clips_plot_and_scores(tmp_path, audio_ckpt, capsys):
+    clf_ckpt = classifier_ckpt(tmp_path)
     out = tmp_path / "samples"
     assert main(["generate", f"ckpt_path={audio_ckpt}", "n=3", "seconds=0.01", f"out_dir={out}", "batch_size=2",
                  "temperature=0.9", "top_k=50", "top_p=0.95", "seed=1", f"classifier={clf_ckpt}"]) == 0
@@ -103,10 +108,7 @@ def test_several_prompts_each_begin_their_clips_and_continuations_are_scored(tmp
     t = np.arange(400) / SR
     for name, freq in (("3_ann_0", 300), ("5_bob_1", 500), ("7_ann_2", 700)):
         sf.write(folder / f"{name}.wav", (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
-    torch.manual_seed(0)
-    clf = AudioClassifierTask(num_classes=10, sample_rate=SR, class_names=[str(i) for i in range(10)], n_mels=16,
-                              channels=(4,))
-    clf_ckpt = save_ckpt(clf, tmp_path / "clf" / "last.ckpt")
+    clf_ckpt = classifier_ckpt(tmp_path)
     out = tmp_path / "continued"
     assert main(["generate", f"ckpt_path={audio_ckpt}", "n=4", "seconds=0.04", f"out_dir={out}", "batch_size=3",
                  f"prompt={folder}", "prompt_seconds=0.01", f"classifier={clf_ckpt}"]) == 0
