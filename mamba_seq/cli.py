@@ -438,8 +438,8 @@ def run(subcommand: str, cfg: DictConfig, overrides: list[str] | None = None,
             if trains:
                 ckpt = Path(cfg.ckpt_path)
                 # how the run is laid out over processes is the command line's, not the checkpoint's
-                layout = {"sequence_parallel_size": int(cfg.task.sequence_parallel_size)} if int(
-                    cfg.task.get("sequence_parallel_size") or 1) > 1 else {}
+                group = int(cfg.task.get("sequence_parallel_size") or 1)
+                layout = {"sequence_parallel_size": group} if group > 1 else {}
                 task = get_class(cfg.task._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
                                                                          **layout)
             else:
