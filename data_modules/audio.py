@@ -42,6 +42,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -196,6 +197,18 @@ def normalize_wave(wave: torch.Tensor, how: str, target_rms: float = 0.1) -> tor
         rms = float(wave.pow(2).mean().sqrt()) if wave.numel() else 0.0
         return (wave * (target_rms / rms)).clamp(-1.0, 1.0) if rms > SILENCE else wave
     raise ValueError(f"normalize must be one of {NORMALIZE}, got {how!r}")
+
+
+def change_speed(wave: torch.Tensor, speed: float) -> torch.Tensor:
+    """wave: (samples,) -> about samples / speed samples: the clip played `speed` times as fast,
+    pitch and tempo together (Ko et al. 2015, "Audio augmentation for speech recognition"). The
+    clip is taken as if recorded at speed x the rate and resampled back with torchaudio's
+    band-limited sinc resampler (speed is rounded to a fraction p/q, q <= 50, to keep its kernel
+    small); speeding up also low-passes, so nothing folds back above the Nyquist rate."""
+    if speed == 1.0:
+        return wave
+    ratio = Fraction(speed).limit_denominator(50)
+    return AF.resample(wave, ratio.numerator, ratio.denominator)
 
 
 # -- records ----------------------------------------------------------------------------------------
@@ -355,15 +368,27 @@ class ClipDataset(Dataset):
     """Decoded clips held in memory; each item cropped or padded to num_samples and quantised."""
 
     def __init__(self, waves: list[torch.Tensor], clips: list[Clip], class_ids: list[int], num_samples: int,
-                 crop: str, codec: AudioCodec, pad_with: str = "mask"):
+                 crop: str, codec: AudioCodec, pad_with: str = "mask", speeds: tuple[float, ...] = (1.0,),
+                 gain_db: float = 0.0):
         self.waves, self.clips, self.class_ids = waves, clips, class_ids
         self.num_samples, self.crop, self.codec, self.pad_with = num_samples, crop, codec, pad_with
+        # augmentation (train only): each item is one of the speed variants, computed once here
+        # (resampling per item would cost more than the rest of loading), at a random gain
+        self.variants = [waves if s == 1.0 else [change_speed(w, s) for w in waves] for s in speeds]
+        self.gain_db = float(gain_db)
 
     def __len__(self) -> int:
         return len(self.waves)
 
     def __getitem__(self, i: int) -> dict:
-        wave, n = self.waves[i], self.num_samples
+        # random draws come from torch's global RNG, like crop="random": seeded per run (seed=) and
+        # restored on resume (tasks/checkpointing.py)
+        n = self.num_samples
+        k = int(torch.randint(len(self.variants), ()).item()) if len(self.variants) > 1 else 0
+        wave = self.variants[k][i]
+        if self.gain_db > 0:
+            gain_db = (float(torch.rand(())) * 2 - 1) * self.gain_db
+            wave = (wave * 10 ** (gain_db / 20)).clamp(-1.0, 1.0)
         if len(wave) > n:
             if self.crop == "random":
                 start = int(torch.randint(0, len(wave) - n + 1, ()).item())
@@ -421,7 +446,12 @@ class AudioDataModule(pl.LightningDataModule):
     as (path, reason). pad_with="mask" (default): padding is no input and no target (labels -100,
     mask False); "silence": the padding is part of the clip, digital silence after the utterance,
     as in SC09's fixed 1-s clips, so a generator learns to end its utterances (the NLL then
-    includes those easy samples: test with pad_with=mask for the NLL of the recordings alone)."""
+    includes those easy samples: test with pad_with=mask for the NLL of the recordings alone).
+    Training augmentation (train split only; val/test are the clips as read): speeds, e.g.
+    [0.9, 1.0, 1.1], plays each item at one of these speeds, drawn uniformly (change_speed: pitch
+    and tempo together, new voices from few speakers); gain_db > 0 scales it by a gain drawn
+    uniformly in [-gain_db, +gain_db] dB, clipped to [-1, 1]. Both act after normalize, before the
+    crop and quantisation, so a longer (slowed) clip may be cropped."""
 
     def __init__(
         self,
@@ -447,6 +477,8 @@ class AudioDataModule(pl.LightningDataModule):
         max_files: int | None = None,
         target_rms: float = 0.1,
         pad_with: str = "mask",
+        speeds: list | None = None,
+        gain_db: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -462,6 +494,12 @@ class AudioDataModule(pl.LightningDataModule):
             raise ValueError(f"data.pad_with must be mask or silence, got {pad_with!r}")
         if normalize not in NORMALIZE:
             raise ValueError(f"data.normalize must be one of {NORMALIZE}, got {normalize!r}")
+        speeds = [1.0] if speeds is None else list(speeds)
+        if not speeds or not all(isinstance(v, (int, float)) and 0.5 <= v <= 2.0 for v in speeds):
+            raise ValueError(f"data.speeds must be a non-empty list of speed factors in [0.5, 2], e.g. "
+                             f"[0.9, 1.0, 1.1], got {speeds!r}")
+        if not 0 <= float(gain_db) <= 40:
+            raise ValueError(f"data.gain_db must be in [0, 40] (the largest random gain, in dB), got {gain_db!r}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be "
                              "in [0, 1) and sum to less than 1")
@@ -482,6 +520,7 @@ class AudioDataModule(pl.LightningDataModule):
         self.test_speakers = [str(s) for s in test_speakers] if test_speakers else None
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.on_bad_file, self.crop, self.pad_with = on_bad_file, crop, pad_with
+        self.speeds, self.gain_db = tuple(float(v) for v in speeds), float(gain_db)
         self.batch_size, self.num_workers, self.seed, self.max_files = batch_size, num_workers, seed, max_files
         self.skipped: list[tuple[str, str]] = []
         self._class_names: list[str] | None = None
@@ -620,9 +659,10 @@ class AudioDataModule(pl.LightningDataModule):
                     raise ValueError(f"{clips[i].place or clips[i].path}: {clips[i].path} is in both {other} and "
                                      f"{part}; list each file once")
             crop = self.crop if part == "train" else ("center" if self.crop == "center" else "start")
+            augment = dict(speeds=self.speeds, gain_db=self.gain_db) if part == "train" else {}
             self.sets[part] = ClipDataset([waves[i] for i in idx], [clips[i] for i in idx],
                                           [class_ids[i] for i in idx], self.num_samples, crop, self._codec,
-                                          self.pad_with)
+                                          self.pad_with, **augment)
             lens = np.array([len(waves[i]) for i in idx])
             speakers = sorted({clips[i].speaker for i in idx if clips[i].speaker})
             log.info("%s split: %d clips, %d speakers%s, %.1f s of audio, %d clips longer than num_samples=%d "

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from data_modules import AudioCodec, AudioDataModule, read_audio
-from data_modules.audio import IGNORE_INDEX, collate_next_sample, normalize_wave
+from data_modules.audio import IGNORE_INDEX, change_speed, collate_next_sample, normalize_wave
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
@@ -270,6 +270,79 @@ def test_normalisation_options(tmp_path):
             assert s[i]["waveform"].abs().max().item() == pytest.approx(1.0)
 
 
+# -- training augmentation --------------------------------------------------------------------------
+def peak_frequency(wave: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.argmax(spectrum) * rate / len(wave))
+
+
+@pytest.mark.parametrize("speed", [0.9, 1.1, 1.25])
+def test_change_speed_scales_length_and_pitch(speed):
+    """Played `speed` times as fast: 1/speed as many samples, every frequency times speed."""
+    rate = 8000
+    wave = torch.tensor(tone(8000, rate=rate, freq=500.0), dtype=torch.float32)
+    out = change_speed(wave, speed)
+    assert abs(len(out) - 8000 / speed) <= 1
+    assert abs(peak_frequency(out.numpy(), rate) - 500.0 * speed) <= 2 * rate / len(out)
+    assert abs(out.abs().max().item() - 0.5) < 0.03  # amplitude kept
+    assert change_speed(wave, 1.0) is wave
+
+
+def test_change_speed_up_does_not_alias():
+    """Speeding a 3.8-kHz tone (8-kHz audio, Nyquist 4 kHz) up by 1.25 puts it at 4.75 kHz, above
+    Nyquist: a band-limited resampler attenuates it (torchaudio's default windowed sinc: about 26 dB
+    this far past its cut-off); linear interpolation folds it back to 3.25 kHz at 0.62 of its rms."""
+    wave = torch.tensor(tone(8000, rate=8000, freq=3800.0), dtype=torch.float32)
+    out = change_speed(wave, 1.25)[200:-200]  # the filter's edges aside
+    assert out.pow(2).mean().sqrt().item() < 0.1 * (0.5 / math.sqrt(2))
+
+
+def test_augmentation_acts_on_train_only_within_its_ranges(tmp_path):
+    root = tmp_path / "tones"
+    for i in range(10):
+        write_wav(root / f"t{i}.wav", tone(2000, rate=8000, freq=400.0 + 20 * i, amp=0.3), rate=8000)
+    kw = dict(root=str(root), sample_rate=8000, split="random", num_samples=3000, val_fraction=0.2,
+              test_fraction=0.2, pad_with="mask")
+    plain = AudioDataModule(**kw)
+    plain.setup()
+    dm = AudioDataModule(**kw, speeds=[0.8, 1.0, 1.25], gain_db=6.0)
+    dm.setup()
+    for part in ("val", "test"):  # evaluation sees the clips as read
+        for i in range(len(dm.sets[part])):
+            assert torch.equal(dm.sets[part][i]["tokens"], plain.sets[part][i]["tokens"])
+    torch.manual_seed(0)
+    lengths, gains = Counter(), []
+    train, ref = dm.sets["train"], plain.sets["train"]
+    for _ in range(200):
+        item = train[0]
+        lengths[item["length"]] += 1
+        n = item["length"]
+        # the gain: the item over the same-speed clip; speed 1 is the clip as read
+        base = {2000: ref[0]["waveform"][:2000], 1600: change_speed(ref.waves[0], 1.25),
+                2500: change_speed(ref.waves[0], 0.8)}[n]
+        ratio = item["waveform"][:n].abs().max() / base.abs().max()
+        gains.append(20 * math.log10(ratio.item()))
+        # tokens are the codec's encoding of the augmented wave
+        assert torch.equal(item["tokens"][:n], dm.codec.encode(item["waveform"][:n]))
+    assert set(lengths) == {1600, 2000, 2500} and min(lengths.values()) > 40  # each speed ~1/3 of draws
+    assert -6.01 <= min(gains) < -4 and 4 < max(gains) <= 6.01  # uniform in [-6, 6] dB
+    draws = []
+    for _ in range(2):  # the same seed, the same augmented items
+        torch.manual_seed(1)
+        draws.append(torch.stack([train[i]["tokens"] for i in range(len(train))]))
+    assert torch.equal(draws[0], draws[1])
+
+
+def test_augmentation_options_are_checked(tmp_path):
+    root = tmp_path / "t"
+    write_wav(root / "a.wav", tone(100))
+    for bad in ([], [3.0], ["fast"]):
+        with pytest.raises(ValueError, match="data.speeds"):
+            AudioDataModule(root=str(root), speeds=bad)
+    with pytest.raises(ValueError, match="data.gain_db"):
+        AudioDataModule(root=str(root), gain_db=-3)
+
+
 # -- splits on synthetic names ----------------------------------------------------------------------
 def test_unknown_speaker_with_speaker_split_is_an_error(short_clips):
     with pytest.raises(ValueError, match="manifest with a speaker column or use split=random"):
@@ -383,3 +456,28 @@ def test_configs_instantiate(name, rate, shared_data, monkeypatch):
     assert isinstance(dm, AudioDataModule) and dm.sample_rate == rate and dm.num_samples == rate
     assert dm.hparams.split == "speaker" and dm.vocab_size == 256
     assert math.isclose(dm.val_fraction, 0.1)
+
+
+def test_speech_experiments_split_and_augment(shared_data, monkeypatch):
+    """experiment=speech_digits keeps its held-out speakers; speech_digits_all_speakers trains on all
+    four voices (FSDD's official split: recordings 0-4 test). Both augment the training clips only."""
+    from hydra.utils import instantiate
+
+    from mamba_seq.cli import compose
+
+    monkeypatch.setenv("MAMBA_SEQ_SHARED_DATA", str(shared_data))
+    parts = {}
+    for name in ("speech_digits", "speech_digits_all_speakers"):
+        cfg = compose([f"experiment={name}"])
+        assert list(cfg.data.speeds) == [0.9, 0.95, 1.0, 1.05, 1.1] and cfg.data.gain_db == 6.0
+        dm = instantiate(cfg.data)
+        dm.setup()
+        assert dm.sets["train"].gain_db == 6.0 and len(dm.sets["train"].variants) == 5
+        assert len(dm.sets["test"].variants) == 1 and dm.sets["test"].gain_db == 0
+        parts[name] = {p: s.clips for p, s in dm.sets.items()}
+    spk = {p: {c.speaker for c in clips} for p, clips in parts["speech_digits"].items()}
+    assert spk == {"train": {"george", "jackson"}, "val": {"lucas"}, "test": {"nicolas"}}
+    every = parts["speech_digits_all_speakers"]
+    assert {c.speaker for c in every["train"]} == {"george", "jackson", "lucas", "nicolas"}
+    assert len(every["test"]) == 200 and all(int(Path(c.path).stem.split("_")[2]) <= 4 for c in every["test"])
+    assert len(every["train"]) + len(every["val"]) == 1800
