@@ -3,7 +3,8 @@
     ids = generate(model, batch_size=16, num_steps=16000, first_token=silence_code, seed=0)
 
 - The prompt (if any) goes through one parallel forward (`model.prefill`), which leaves the
-  recurrent state after it in the cache; then one `model.step` per new token. Memory is constant
+  recurrent state after it in the cache (on CUDA a prompt of up to PROMPT_BY_STEPS_MAX tokens
+  goes through the decode step instead); then one `model.step` per new token. Memory is constant
   in the number of steps: the cache is updated in place and the only buffer that grows with
   num_steps is the output tensor, allocated once up front.
 - Sampling: temperature, then top-k, then top-p (nucleus) filtering, each row on its own; a
@@ -28,6 +29,12 @@ import torch.nn.functional as F
 from .inference import InferenceCache, check_can_decode
 
 __all__ = ["sample_next", "filter_top_k", "filter_top_p", "generate", "make_decode_step"]
+
+# On CUDA, prompts up to this long go through the decode step (captured: thousands of steps a
+# second) instead of the parallel prefill, whose Triton kernels would be compiled for this dtype
+# and shape first: on a fresh machine that took longer than decoding a whole second of audio.
+# Longer prompts amortise it and take the prefill; on the CPU the prefill is always the faster.
+PROMPT_BY_STEPS_MAX = 16384
 
 
 def filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -139,11 +146,15 @@ def generate(
     cuda_graph: bool | str = "auto",
     progress: Callable[[int], None] | None = None,
     first_token: int | torch.Tensor | None = None,  # int or (batch,) int64, when there is no prompt
+    prompt_by_steps: bool | None = None,
 ) -> torch.Tensor:  # -> (batch, P + num_steps) int64: the prompt, then num_steps generated tokens
     """Sample num_steps tokens per stream after `prompt` (kept as the output's prefix), or, with no
     prompt, after `first_token` (e.g. the mu-law code of silence; it is fed to the model but not
     part of the output). seed: the generator's seed (None: a fresh random one). cuda_graph: "auto"
-    (on for a CUDA model), True or False. progress(n) is called after each of the n tokens."""
+    (on for a CUDA model), True or False. progress(n) is called after each of the n tokens.
+    prompt_by_steps: feed the prompt through the decode step, not the parallel prefill; None: on
+    CUDA for prompts of up to PROMPT_BY_STEPS_MAX tokens. The two leave the same state (up to
+    rounding) but draw different random numbers, so a seed gives other samples on each path."""
     config = model.config
     check_can_decode(config)
     device = next(model.parameters()).device
@@ -183,7 +194,16 @@ def generate(
     generator.manual_seed(seed)  # a capture draws during its warm-up: start again from the seed
 
     done = 0
-    if P:
+    if prompt_by_steps is None:
+        prompt_by_steps = device.type == "cuda" and P <= PROMPT_BY_STEPS_MAX
+    if P and prompt_by_steps:
+        for t in range(P):  # the prompt through the decode step; only the draw after its last token is kept
+            tokens = step(prompt[:, t])
+        out[:, P] = tokens
+        done = 1
+        if progress is not None:
+            progress(done)
+    elif P:
         tokens = sample(model.prefill(prompt, cache))
         out[:, P] = tokens
         done = 1
