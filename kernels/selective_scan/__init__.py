@@ -1,7 +1,7 @@
 """The S6 selective scan behind one public function with mamba_ssm's argument names.
 
-Dispatch: CUDA tensors go to the Triton kernels, everything else to the chunked PyTorch
-reference. Both are tested against the float64 oracle in `oracle.py`.
+Dispatch: CUDA tensors go to the Triton kernels, everything else (and a single position) to the
+chunked PyTorch reference. Both are tested against the float64 oracle in `oracle.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ def selective_scan(
     seq_idx: torch.Tensor | None = None,  # (batch, L) int
     reverse: bool = False,
 ):  # -> out (batch, dim, L) in u's dtype [, final_state (batch, dim, N) fp32]
-    impl = selective_scan_triton if (u.is_cuda and selective_scan_triton is not None) else selective_scan_reference
+    # A single position (a one-token prefill) goes to the reference: its time strides are 1, which
+    # Triton specialises into a kernel variant whose compile had not finished after 8 minutes on an
+    # H200 (triton 3.6); one position costs next to nothing in PyTorch.
+    use_triton = u.is_cuda and selective_scan_triton is not None and u.shape[-1] > 1
+    impl = selective_scan_triton if use_triton else selective_scan_reference
     return impl(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         initial_state=initial_state, return_final_state=return_final_state, seq_idx=seq_idx,

@@ -249,6 +249,21 @@ def test_step_constants_are_cached_and_follow_the_parameters():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("P", [1, 2, 800])
+@torch.no_grad()
+def test_gpu_prefill_then_steps_equals_forward(P, monkeypatch):
+    """On CUDA, prefill (the Triton scan, or the reference for one position) leaves the cache that
+    stepping leaves. P=1 once never finished compiling (see kernels/selective_scan/__init__.py)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = tiny(d_model=64, n_layer=2).cuda()
+    ids = torch.randint(0, 12, (3, P + 20), generator=torch.Generator().manual_seed(P)).cuda()
+    full = model(ids)
+    cache = model.allocate_inference_cache(3)
+    assert_close_logits(model.prefill(ids[:, :P], cache), full[:, P - 1])
+    assert_close_logits(step_all(model, ids[:, P:], cache), full[:, P:])
+
+
+@pytest.mark.gpu
 @torch.no_grad()
 def test_gpu_16000_steps_equal_forward(monkeypatch):
     """16,000 steps on CUDA (the Triton state update) against the parallel forward (Triton scan).
