@@ -13,7 +13,7 @@
 #   FIT_TIME=00:00:19:00 bash benchmarks/speech_gpu.sh resume   # later calls on the same machine; max_time
 #       counts the resumed run's earlier time too (Lightning restores its Timer): give the total
 #   N=256 bash benchmarks/speech_gpu.sh eval                     # test NLL + generated clips + scores
-#   bash benchmarks/speech_gpu.sh profile   # where `mamba-seq generate`'s time goes (cProfile), fp32 and bf16
+#   bash benchmarks/speech_gpu.sh profile   # where `mamba-seq generate`'s time goes (cProfile), graph on and off
 #   bash benchmarks/speech_gpu.sh export    # best weights as parts under 16 MiB, to generate elsewhere:
 #       python benchmarks/checkpoint_parts.py merge weights_part*.pt RUN/checkpoints/best.ckpt (config.yaml in RUN)
 # The run lives in outputs/speech_gpu (ignored by git), which stays on the machine between calls

@@ -196,15 +196,12 @@ def generate(
     done = 0
     if prompt_by_steps is None:
         prompt_by_steps = device.type == "cuda" and P <= PROMPT_BY_STEPS_MAX
-    if P and prompt_by_steps:
-        for t in range(P):  # the prompt through the decode step; only the draw after its last token is kept
-            tokens = step(prompt[:, t])
-        out[:, P] = tokens
-        done = 1
-        if progress is not None:
-            progress(done)
-    elif P:
-        tokens = sample(model.prefill(prompt, cache))
+    if P:
+        if prompt_by_steps:
+            for t in range(P):  # only the draw after the prompt's last token is kept
+                tokens = step(prompt[:, t])
+        else:
+            tokens = sample(model.prefill(prompt, cache))
         out[:, P] = tokens
         done = 1
         if progress is not None:

@@ -35,8 +35,9 @@ def selective_scan(
     reverse: bool = False,
 ):  # -> out (batch, dim, L) in u's dtype [, final_state (batch, dim, N) fp32]
     # A single position (a one-token prefill) goes to the reference: its time strides are 1, which
-    # Triton specialises into a kernel variant whose compile had not finished after 8 minutes on an
-    # H200 (triton 3.6); one position costs next to nothing in PyTorch.
+    # Triton specialises into another kernel variant, whose first launch was still compiling after
+    # 60 s on an H200 (triton 3.6; the variant of other lengths compiles in about 30 s). One position
+    # costs next to nothing in PyTorch.
     use_triton = u.is_cuda and selective_scan_triton is not None and u.shape[-1] > 1
     impl = selective_scan_triton if use_triton else selective_scan_reference
     return impl(

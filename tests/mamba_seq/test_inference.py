@@ -253,7 +253,7 @@ def test_step_constants_are_cached_and_follow_the_parameters():
 @torch.no_grad()
 def test_gpu_prefill_then_steps_equals_forward(P, monkeypatch):
     """On CUDA, prefill (the Triton scan, or the reference for one position) leaves the cache that
-    stepping leaves. P=1 once never finished compiling (see kernels/selective_scan/__init__.py)."""
+    stepping leaves. P=1 once sat compiling for minutes (see kernels/selective_scan/__init__.py)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model = tiny(d_model=64, n_layer=2).cuda()
     ids = torch.randint(0, 12, (3, P + 20), generator=torch.Generator().manual_seed(P)).cuda()
