@@ -372,10 +372,18 @@ class ClipDataset(Dataset):
                  gain_db: float = 0.0):
         self.waves, self.clips, self.class_ids = waves, clips, class_ids
         self.num_samples, self.crop, self.codec, self.pad_with = num_samples, crop, codec, pad_with
-        # augmentation (train only): each item is one of the speed variants, computed once here
-        # (resampling per item would cost more than the rest of loading), at a random gain
-        self.variants = [waves if s == 1.0 else [change_speed(w, s) for w in waves] for s in speeds]
-        self.gain_db = float(gain_db)
+        # augmentation (train only): each item is one of the speed variants, at a random gain
+        self.speeds, self.gain_db = tuple(speeds), float(gain_db)
+        self._variants: list[list[torch.Tensor]] | None = None
+
+    @property
+    def variants(self) -> list[list[torch.Tensor]]:
+        # the clips at each speed, resampled once on first use (per item would cost more than the
+        # rest of loading; at setup, `test` and `predict` would pay for a split they never read)
+        if self._variants is None:
+            self._variants = [self.waves if s == 1.0 else [change_speed(w, s) for w in self.waves]
+                              for s in self.speeds]
+        return self._variants
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -384,7 +392,7 @@ class ClipDataset(Dataset):
         # random draws come from torch's global RNG, like crop="random": seeded per run (seed=) and
         # restored on resume (tasks/checkpointing.py)
         n = self.num_samples
-        k = int(torch.randint(len(self.variants), ()).item()) if len(self.variants) > 1 else 0
+        k = int(torch.randint(len(self.speeds), ()).item()) if len(self.speeds) > 1 else 0
         wave = self.variants[k][i]
         if self.gain_db > 0:
             gain_db = (float(torch.rand(())) * 2 - 1) * self.gain_db
